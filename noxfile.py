@@ -1,0 +1,51 @@
+"""Every gate of the project is a nox session; CI runs the same ones.
+
+    nox -s tests            the default test run (< 5 minutes on 2 cores)
+    nox -s lint typecheck   ruff check + ruff format --check; mypy --strict
+    nox -s bench            benchmarks, as ratios against raw Trio baselines
+    nox -s demo             a supervision tree crashing, restarting, escalating
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+LINT_PATHS = ["trioactors", "tests", "bench", "noxfile.py"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test run."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy>=1.13")
+    session.run("mypy", "--strict", "trioactors")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks; each prints one JSON object per line (see bench/README.md)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's demo."""
+    session.install(".")
+    session.run("trioactors", "demo", *session.posargs)

@@ -1,0 +1,70 @@
+"""trioactors: fault-tolerant actors for Trio.
+
+Supervision trees are Trio nurseries; actors receive typed messages through
+bounded mailboxes; ``tell`` and ``ask`` follow Trio's rules for checkpoints and
+cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._core._supervision import Backoff as Backoff
+from ._core._supervision import Restart as Restart
+from ._core._supervision import Strategy as Strategy
+from ._errors import ActorCrashed as ActorCrashed
+from ._errors import ActorNotFound as ActorNotFound
+from ._errors import ActorStopped as ActorStopped
+from ._errors import AskDeadlock as AskDeadlock
+from ._errors import AskTimeout as AskTimeout
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import NameTaken as NameTaken
+from ._errors import StartFailed as StartFailed
+from ._errors import SupervisorGaveUp as SupervisorGaveUp
+from ._errors import TrioactorsError as TrioactorsError
+from ._errors import UnhandledMessage as UnhandledMessage
+from ._runtime._actor import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
+from ._runtime._actor import Actor as Actor
+from ._runtime._actor import ActorRef as ActorRef
+from ._runtime._actor import Request as Request
+from ._runtime._instance import DEFAULT_SHUTDOWN as DEFAULT_SHUTDOWN
+from ._runtime._instance import DEFAULT_START_TIMEOUT as DEFAULT_START_TIMEOUT
+from ._runtime._instance import ActorContext as ActorContext
+from ._runtime._supervisor import ChildInfo as ChildInfo
+from ._runtime._supervisor import ChildState as ChildState
+from ._runtime._supervisor import Supervisor as Supervisor
+from ._runtime._supervisor import open_supervisor as open_supervisor
+from ._runtime._system import ActorSystem as ActorSystem
+from ._runtime._system import ChildCrashed as ChildCrashed
+from ._runtime._system import ChildRestarted as ChildRestarted
+from ._runtime._system import ChildStarted as ChildStarted
+from ._runtime._system import ChildStopped as ChildStopped
+from ._runtime._system import DeadLetter as DeadLetter
+from ._runtime._system import Event as Event
+from ._runtime._system import EventsLost as EventsLost
+from ._runtime._system import Subscription as Subscription
+from ._runtime._system import SupervisorEscalated as SupervisorEscalated
+from ._runtime._system import SystemStatistics as SystemStatistics
+from ._version import __version__ as __version__
+
+ONE_FOR_ONE = Strategy.ONE_FOR_ONE
+ONE_FOR_ALL = Strategy.ONE_FOR_ALL
+REST_FOR_ONE = Strategy.REST_FOR_ONE
+PERMANENT = Restart.PERMANENT
+TRANSIENT = Restart.TRANSIENT
+TEMPORARY = Restart.TEMPORARY
+
+
+def _fixup_module_metadata() -> None:
+    # Tracebacks and reprs say trioactors.AskTimeout, not trioactors._errors.AskTimeout.
+    for name, obj in list(globals().items()):
+        if name.startswith("_") or not hasattr(obj, "__module__"):
+            continue
+        module = getattr(obj, "__module__", "")
+        if isinstance(module, str) and module.startswith("trioactors._"):
+            with contextlib.suppress(AttributeError, TypeError):
+                obj.__module__ = "trioactors"
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

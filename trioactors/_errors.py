@@ -1,0 +1,113 @@
+"""The whole exception hierarchy of trioactors.
+
+Every error the library raises derives from :class:`TrioactorsError`. Where the
+meaning matches a builtin, the error also inherits it (``AskTimeout`` is a
+``TimeoutError``), so code that already catches the builtin keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorCrashed",
+    "ActorNotFound",
+    "ActorStopped",
+    "AskDeadlock",
+    "AskTimeout",
+    "LocalProtocolError",
+    "NameTaken",
+    "StartFailed",
+    "SupervisorGaveUp",
+    "TrioactorsError",
+    "UnhandledMessage",
+]
+
+
+class TrioactorsError(Exception):
+    """Base class of every error raised by trioactors."""
+
+
+class LocalProtocolError(TrioactorsError):
+    """The caller used the API in a way that cannot work.
+
+    The message says what was wrong and how to fix it; retrying the same call
+    fails the same way.
+    """
+
+
+class NameTaken(LocalProtocolError, ValueError):
+    """An actor or supervisor name is already registered in this system."""
+
+
+class AskDeadlock(LocalProtocolError):
+    """An ``ask`` would wait on an actor that is itself waiting on the caller.
+
+    Raised at once, instead of hanging until the timeout, when an actor asks
+    itself or when asks form a cycle (``a`` asks ``b`` which asks ``a``).
+    """
+
+
+class AskTimeout(TrioactorsError, TimeoutError):
+    """No reply arrived before the ``ask`` deadline.
+
+    The request may still be handled later; its late reply is discarded.
+    """
+
+
+class ActorNotFound(TrioactorsError, LookupError):
+    """No actor is registered under the name that was looked up."""
+
+
+class ActorStopped(TrioactorsError):
+    """The actor stopped before it could handle the request.
+
+    The request was recorded as a dead letter.
+    """
+
+
+class ActorCrashed(TrioactorsError):
+    """The actor raised while handling the request.
+
+    ``exception`` is what the handler raised (also the ``__cause__``). The
+    actor's supervisor has been told and applies its restart strategy.
+    """
+
+    def __init__(self, message: str, exception: BaseException) -> None:
+        super().__init__(message)
+        self.exception = exception
+
+
+class UnhandledMessage(TrioactorsError, TypeError):
+    """The actor has no handler for this message type.
+
+    Raise it from ``Actor.receive`` (the default implementation does) for a
+    message you do not handle. It does not crash the actor: an ``ask`` fails
+    with it, and a ``tell`` is recorded as a dead letter.
+    """
+
+    def __init__(self, message: object, actor: str = "") -> None:
+        where = f" by {actor}" if actor else ""
+        super().__init__(
+            f"{type(message).__qualname__} is not handled{where}; "
+            "add a case for it in the actor's receive()"
+        )
+        self.message = message
+
+
+class StartFailed(TrioactorsError):
+    """A child did not start: its ``on_start`` raised or took too long.
+
+    The child was not added to the supervisor. ``__cause__`` holds the reason.
+    """
+
+
+class SupervisorGaveUp(TrioactorsError):
+    """A supervisor exceeded its restart intensity and stopped all its children.
+
+    Its parent treats this as the supervisor's own crash; at the root it is
+    raised out of ``open_supervisor``. ``__cause__`` is the failure that
+    tipped it over. Raise the intensity, lengthen the period, or fix the crash.
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -1,0 +1,313 @@
+"""Actors, references to them, and requests.
+
+An :class:`ActorRef` points at a *place* in the supervision tree, not at an
+actor instance: the place owns the mailbox, and each instance that the
+supervisor starts there (the first one and every restart) reads from it. So a
+reference stays valid across restarts, and messages queued during a crash are
+handled by the next instance.
+"""
+
+from __future__ import annotations
+
+import math
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Generic, TypeVar, final, overload
+
+import outcome
+import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+
+from .._errors import ActorStopped, AskDeadlock, AskTimeout, UnhandledMessage
+from ._mailbox import Mailbox
+
+if TYPE_CHECKING:
+    from ._instance import ActorContext
+    from ._system import ActorSystem
+
+__all__ = ["DEFAULT_ASK_TIMEOUT", "Actor", "ActorRef", "Request"]
+
+M = TypeVar("M", contravariant=True)
+MsgT = TypeVar("MsgT")
+R = TypeVar("R")
+
+DEFAULT_ASK_TIMEOUT = 5.0
+"""Seconds an ``ask`` waits for its reply unless told otherwise (as OTP's ``gen_server:call``)."""
+
+
+class Request(Generic[R]):
+    """Base class for messages that expect a reply of type ``R``.
+
+    Subclassing is optional; it lets type checkers infer what
+    :meth:`ActorRef.ask` returns::
+
+        @attrs.frozen
+        class GetCount(trioactors.Request[int]):
+            pass
+
+        n = await counter.ask(GetCount())  # n: int
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+
+# (the place of the actor running this task, the chain of places waiting on
+# asks that led here). Set by the actor's loop; read by tell/ask to find the
+# implicit sender and to detect ask cycles.
+_frame: ContextVar[tuple[_Place | None, tuple[_Place, ...]]] = ContextVar(
+    "trioactors_frame", default=(None, ())
+)
+
+
+@final
+class _Reply:
+    """A one-shot slot that an ``ask`` waits on; the request's reply address."""
+
+    __slots__ = ("_outcome", "_task")
+
+    def __init__(self) -> None:
+        self._outcome: outcome.Outcome[object] | None = None
+        self._task: Task | None = None
+
+    def succeed(self, value: object) -> None:
+        self._set(outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        self._set(outcome.Error(error))
+
+    def _set(self, result: outcome.Outcome[object]) -> None:
+        if self._outcome is not None:  # already answered (duplicate): ignore
+            return
+        self._outcome = result
+        if self._task is not None:
+            task, self._task = self._task, None
+            reschedule(task)
+
+    async def wait(self) -> object:
+        if self._outcome is None:
+            self._task = current_task()
+
+            def abort(_: object) -> Abort:
+                self._task = None
+                return Abort.SUCCEEDED
+
+            await wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint()
+        assert self._outcome is not None
+        return self._outcome.unwrap()
+
+
+@final
+class Letter:
+    """What a mailbox holds: a message with its sender and reply address."""
+
+    __slots__ = ("chain", "message", "reply", "sender")
+
+    def __init__(
+        self,
+        message: object,
+        sender: ActorRef[object] | None,
+        reply: _Reply | None,
+        chain: tuple[_Place, ...],
+    ) -> None:
+        self.message = message
+        self.sender = sender
+        self.reply = reply
+        self.chain = chain
+
+
+@final
+class _Place:
+    """A named spot in the tree that owns a mailbox; see the module docstring."""
+
+    __slots__ = ("mailbox", "name", "path", "ref", "system")
+
+    def __init__(self, system: ActorSystem, name: str, path: str, capacity: float) -> None:
+        self.system = system
+        self.name = name
+        self.path = path
+        self.mailbox: Mailbox[Letter] = Mailbox(capacity)
+        self.ref: ActorRef[object] = ActorRef._new(self)
+
+    def close(self, reason: str) -> None:
+        """Close the mailbox; everything still queued becomes a dead letter."""
+        for letter in self.mailbox.close():
+            self.reject(letter, reason)
+
+    def reject(self, letter: Letter, reason: str) -> None:
+        if letter.reply is not None:
+            letter.reply.fail(
+                ActorStopped(
+                    f"{self.path} stopped ({reason}) before handling "
+                    f"{type(letter.message).__qualname__}"
+                )
+            )
+        self.system._dead_letter(self.path, letter.message, letter.sender, reason)
+
+
+@final
+class ActorRef(Generic[M]):
+    """A handle used to send messages to an actor.
+
+    Cheap to copy and safe to share between tasks; it stays valid across
+    restarts of the actor. Obtain one from ``Supervisor.start_actor``,
+    ``ActorContext.start_actor`` or ``ActorSystem.lookup``.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_place",)
+
+    _place: _Place
+
+    def __init__(self) -> None:
+        raise TypeError("ActorRef cannot be created directly; start an actor or look one up")
+
+    @staticmethod
+    def _new(place: _Place) -> ActorRef[object]:
+        self: ActorRef[object] = object.__new__(ActorRef)
+        self._place = place
+        return self
+
+    @property
+    def name(self) -> str:
+        """The name the actor is registered under in its system."""
+        return self._place.name
+
+    @property
+    def path(self) -> str:
+        """The actor's position in the supervision tree, e.g. ``/root/workers/w1``."""
+        return self._place.path
+
+    @property
+    def stopped(self) -> bool:
+        """True once the actor is gone for good (messages become dead letters)."""
+        return self._place.mailbox.closed
+
+    def mailbox_length(self) -> int:
+        """How many messages are waiting in the actor's mailbox."""
+        return len(self._place.mailbox)
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._place.path}>"
+
+    async def tell(self, message: M) -> None:
+        """Send ``message`` without waiting for it to be handled.
+
+        Waits while the mailbox is full (backpressure); returns as soon as the
+        message is queued. Delivery is at most once: if the actor has stopped
+        for good, the message is recorded as a dead letter instead.
+
+        Inside an actor the sender is that actor (``context.sender`` on the
+        receiving side); elsewhere there is no sender.
+        """
+        place = self._place
+        letter = Letter(message, _sender(), None, ())
+        try:
+            await place.mailbox.put(letter)
+        except trio.ClosedResourceError:
+            place.reject(letter, "stopped")
+
+    def tell_nowait(self, message: M) -> None:
+        """Like :meth:`tell`, but raise ``trio.WouldBlock`` if the mailbox is full."""
+        place = self._place
+        letter = Letter(message, _sender(), None, ())
+        try:
+            place.mailbox.put_nowait(letter)
+        except trio.ClosedResourceError:
+            place.reject(letter, "stopped")
+
+    @overload
+    async def ask(self, message: Request[R], *, timeout: float | None = ...) -> R: ...
+    @overload
+    async def ask(self, message: M, *, timeout: float | None = ...) -> object: ...
+    async def ask(self, message: object, *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> object:
+        """Send ``message`` and wait for the value the handler returns.
+
+        The whole exchange, including waiting for mailbox room, runs under one
+        deadline: ``timeout`` seconds (``None`` waits forever).
+
+        Raises:
+          AskTimeout: no reply in time. The request may still be handled later.
+          AskDeadlock: the target is already waiting on the caller (an actor
+            asking itself, or a cycle of asks); raised at once.
+          ActorStopped: the actor stopped for good before it handled the request.
+          ActorCrashed: the handler raised; the actor's supervisor was told.
+          UnhandledMessage: the actor does not handle this message type.
+        """
+        place = self._place
+        current, chain = _frame.get()
+        if place in chain:
+            who = "itself" if place is current else "an actor that is waiting on it"
+            raise AskDeadlock(
+                f"{current.path if current else 'caller'} asks {place.path}, which is {who}: "
+                "this would hang until the timeout. Use tell() and handle the reply as a "
+                "message, or move the work into a background task (context.start_soon)."
+            )
+        reply = _Reply()
+        letter = Letter(message, current.ref if current else None, reply, chain)
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.CancelScope(deadline=deadline):
+            try:
+                await place.mailbox.put(letter)
+            except trio.ClosedResourceError:
+                place.reject(letter, "stopped")
+            return await reply.wait()
+        raise AskTimeout(
+            f"no reply from {place.path} to {type(message).__qualname__} within {timeout} s; "
+            "the actor may be busy or stuck (its mailbox holds "
+            f"{len(place.mailbox)} messages). Raise the timeout or check the actor."
+        )
+
+
+def _sender() -> ActorRef[object] | None:
+    current = _frame.get()[0]
+    return None if current is None else current.ref
+
+
+class Actor(Generic[MsgT]):
+    """Base class for actors; subclass it and override :meth:`receive`.
+
+    An actor handles one message at a time, in the order they arrived, and
+    keeps its state in ordinary attributes: nothing else can touch them. The
+    supervisor creates a fresh instance on every (re)start by calling the
+    factory it was given (usually the class) with the same arguments.
+
+    ``MsgT`` is the type of message the actor accepts (often a union of attrs
+    classes); references returned for it are ``ActorRef[MsgT]``.
+
+    .. versionadded:: 0.1
+    """
+
+    _context: ActorContext
+
+    @property
+    def context(self) -> ActorContext:
+        """Who this actor is and what it can do (name, ref, sender, children)."""
+        try:
+            return self._context
+        except AttributeError:
+            raise RuntimeError(
+                "context is only available once the actor has been started by a supervisor"
+            ) from None
+
+    async def on_start(self) -> None:
+        """Called before the first message. An exception here fails the start."""
+
+    async def on_stop(self) -> None:
+        """Called after the last message of this instance.
+
+        It runs on a graceful stop and after a crash, but not when the instance
+        is cancelled (its shutdown timeout ran out, or an outer cancel scope).
+        """
+
+    async def receive(self, message: MsgT) -> object:
+        """Handle one message; the return value is the reply to an ``ask``.
+
+        The default raises :class:`UnhandledMessage`; do the same (or call
+        ``super().receive(message)``) for messages you do not handle. Any other
+        exception crashes this instance and its supervisor takes over.
+        """
+        raise UnhandledMessage(message, self.context.path)

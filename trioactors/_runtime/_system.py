@@ -156,14 +156,14 @@ class Subscription:
     async def receive(self) -> Event:
         """The next event, in publication order."""
         while True:
-            if self._lost:
-                lost, self._lost = self._lost, 0
-                await trio.lowlevel.checkpoint()
-                return EventsLost(lost, trio.current_time())
             event = self._queue.take()
             if event is not None:
                 await trio.lowlevel.checkpoint()
                 return event
+            if self._lost:  # the lost events came after everything queued
+                lost, self._lost = self._lost, 0
+                await trio.lowlevel.checkpoint()
+                return EventsLost(lost, trio.current_time())
             await self._queue.wait_nonempty()
 
     async def wait_for(
@@ -197,6 +197,17 @@ class Subscription:
 
     def __enter__(self) -> Subscription:
         return self
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def __exit__(
         self,

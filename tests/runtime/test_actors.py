@@ -194,6 +194,7 @@ async def test_messages_left_at_shutdown_become_dead_letters(
     async with ta.open_supervisor(system=system) as sup:
         counter = await sup.start_actor(Counter, name="c", shutdown=1)
         await counter.tell(Sleep(3600))
+        await trio.testing.wait_all_tasks_blocked()  # now handling Sleep
         await counter.tell(Inc(1))
         await counter.tell(Inc(2))
     assert [d.message for d in system.dead_letters] == [Inc(1), Inc(2)]

@@ -476,10 +476,15 @@ class Supervisor:
                             ChildRestarted(target.path, target.restarts, trio.current_time())
                         )
                 case GiveUp(restarts, period):
+                    last = (
+                        f"{slot.path} gave up"
+                        if isinstance(error, SupervisorGaveUp)
+                        else f"{slot.path}: {error!r}"
+                    )
                     gave_up = SupervisorGaveUp(
                         f"{self.path} gave up: {restarts} restarts within {period} s exceed "
-                        f"its intensity of {self.intensity}; last failure in {slot.path}: "
-                        f"{error!r}. Fix the failure or raise intensity/period.",
+                        f"its intensity of {self.intensity}; last failure: {last}. "
+                        "Fix the failure or raise intensity/period.",
                         self.path,
                     )
                     gave_up.__cause__ = error

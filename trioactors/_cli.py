@@ -1,0 +1,31 @@
+"""The ``trioactors`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trioactors", description="Fault-tolerant actors for Trio."
+    )
+    parser.add_argument("--version", action="version", version=f"trioactors {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("demo", help="run a supervision tree that crashes, restarts and escalates")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        trio.run(run_demo)
+        return 0
+    parser.print_help(sys.stderr)
+    return 2

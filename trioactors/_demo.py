@@ -1,0 +1,133 @@
+"""``trioactors demo``: a supervision tree that crashes, restarts and escalates.
+
+Everything here uses only the public API; read it as an example.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+import trio.testing
+
+import trioactors as ta
+
+
+@attrs.frozen
+class Add:
+    amount: int
+
+
+@attrs.frozen
+class Total(ta.Request[int]):
+    pass
+
+
+@attrs.frozen
+class Fail:
+    why: str
+
+
+class Account(ta.Actor[Add | Total | Fail]):
+    """Keeps a running total; crashes when told to."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    async def receive(self, message: Add | Total | Fail) -> object:
+        match message:
+            case Add(amount):
+                self.total += amount
+            case Total():
+                return self.total
+            case Fail(why):
+                raise RuntimeError(why)
+        return None
+
+
+class Auditor(ta.Actor[str]):
+    async def receive(self, message: str) -> object:
+        return f"audited {message}"
+
+
+def _describe(event: ta.Event) -> str:
+    match event:
+        case ta.ChildStarted(path, kind, _):
+            return f"started    {path} ({kind})"
+        case ta.ChildCrashed(path, exception, message, _):
+            during = "" if message is None else f" while handling {message!r}"
+            return f"crashed    {path}: {type(exception).__name__}: {exception}{during}"
+        case ta.ChildRestarted(path, restarts, _):
+            return f"restarted  {path} (restart #{restarts})"
+        case ta.ChildStopped(path, reason, _):
+            return f"stopped    {path} ({reason})"
+        case ta.SupervisorEscalated(path, _, _):
+            return f"escalated  {path} gave up"
+        case ta.DeadLetter(recipient, message, _, reason, _):
+            return f"dead letter to {recipient} ({reason}): {message!r}"
+        case ta.EventsLost(count, _):
+            return f"({count} events not shown)"
+
+
+async def _narrate(events: ta.Subscription, out: list[str]) -> None:
+    async for event in events:
+        line = _describe(event)
+        print(f"    event: {line}")
+        out.append(line)
+
+
+async def run_demo() -> list[str]:
+    """Run the demo; return the event lines it printed (the tests check them)."""
+    logging.getLogger("trioactors").setLevel(logging.CRITICAL)  # events tell the story
+    seen: list[str] = []
+    system = ta.ActorSystem("demo")
+    print("1. A root supervisor (one_for_one, OTP's default intensity: at most 1 restart")
+    print("   in 5 s) with a nested 'bank' supervisor (one_for_all, same intensity).")
+    async with trio.open_nursery() as narrator:
+        narrator.start_soon(_narrate, system.subscribe(), seen)
+        try:
+            async with ta.open_supervisor(system=system) as root:
+                bank = await root.start_supervisor(name="bank", strategy=ta.ONE_FOR_ALL)
+                account = await bank.start_actor(Account, name="account")
+                await bank.start_actor(Auditor, name="auditor")
+                await _settle()
+
+                print("\n2. Deposit 3 x 10 and ask for the total.")
+                for _ in range(3):
+                    await account.tell(Add(10))
+                print(f"   total = {await account.ask(Total())}")
+
+                print("\n3. Fault: the account crashes with two deposits queued behind it.")
+                await account.tell(Fail("disk full"))
+                await account.tell(Add(5))
+                await account.tell(Add(7))
+                total = await account.ask(Total())
+                await _settle()
+                print(f"   total = {total}: a fresh instance, and the queued deposits survived")
+                print("   " + system.dump_tree().replace("\n", "\n   "))
+
+                print("\n4. A second crash within 5 s: 'bank' exceeds its intensity and gives")
+                print("   up; the root restarts the whole 'bank' subtree (escalation).")
+                await account.tell(Fail("disk still full"))
+                total = await account.ask(Total())
+                await _settle()
+                print(f"   total = {total}; the same reference still works")
+
+                print("\n5. Two more crashes: 'bank' gives up again, and the root, now past")
+                print("   its own intensity, gives up too: open_supervisor raises.")
+                await account.tell(Fail("power cut"))
+                await account.tell(Fail("power cut again"))
+                await trio.sleep_forever()  # the root giving up cancels this
+        except ta.SupervisorGaveUp as exc:
+            await _settle()
+            print(f"\n   raised: SupervisorGaveUp: {exc}")
+            print(f"   caused by: {exc.__cause__!r}")
+        narrator.cancel_scope.cancel()
+    print("\nDone: every task of the tree has exited; nothing was left running.")
+    return seen
+
+
+async def _settle() -> None:
+    # let the narrator print what happened so far (demo output only)
+    await trio.testing.wait_all_tasks_blocked()

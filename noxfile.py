@@ -1,9 +1,9 @@
 """Every gate of the project is a nox session; CI runs the same ones.
 
-    nox -s tests            the default test run (< 5 minutes on 2 cores)
-    nox -s lint typecheck   ruff check + ruff format --check; mypy --strict
-    nox -s bench            benchmarks, as ratios against raw Trio baselines
-    nox -s demo             a supervision tree crashing, restarting, escalating
+nox -s tests            the default test run (< 5 minutes on 2 cores)
+nox -s lint typecheck   ruff check + ruff format --check; mypy --strict
+nox -s bench            benchmarks, as ratios against raw Trio baselines
+nox -s demo             a supervision tree crashing, restarting, escalating
 """
 
 from __future__ import annotations

@@ -79,7 +79,9 @@ def throughput(name: str, count: int, ours: float, baseline: float, unit: str) -
     """Items per second; ratio = ours / baseline. Times are in seconds."""
     ours_rate = count / ours
     base_rate = count / baseline
-    return Result(name, round(ours_rate, 1), unit, round(base_rate, 1), round(ours_rate / base_rate, 3))
+    return Result(
+        name, round(ours_rate, 1), unit, round(base_rate, 1), round(ours_rate / base_rate, 3)
+    )
 
 
 def latency(name: str, count: int, ours: float, baseline: float) -> Result:

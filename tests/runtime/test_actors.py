@@ -76,7 +76,7 @@ async def test_messages_are_handled_in_order() -> None:
     assert seen == [*range(2000), -1]
 
 
-async def test_ask_timeout_is_a_cancel_scope(autojump_clock: trio.testing.MockClock) -> None:
+async def test_ask_timeout(autojump_clock: trio.testing.MockClock) -> None:
     async with ta.open_supervisor() as sup:
         counter = await sup.start_actor(Counter)
         await counter.tell(Sleep(3600))
@@ -86,6 +86,73 @@ async def test_ask_timeout_is_a_cancel_scope(autojump_clock: trio.testing.MockCl
         assert trio.current_time() - start == pytest.approx(2)
         # the request is still handled later; its reply is discarded
         assert await counter.ask(Get(), timeout=None) == 0
+
+
+async def test_a_shorter_deadline_fires_before_a_longer_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with ta.open_supervisor() as sup:
+        slow = await sup.start_actor(Counter, name="slow")
+        other = await sup.start_actor(Counter, name="other")
+        await slow.tell(Sleep(3600))
+        await other.tell(Sleep(3600))
+        outcomes: list[tuple[str, float]] = []
+
+        async def ask(ref: ta.ActorRef[Get], timeout: float) -> None:
+            start = trio.current_time()
+            with pytest.raises(ta.AskTimeout):
+                await ref.ask(Get(), timeout=timeout)
+            outcomes.append((ref.name, trio.current_time() - start))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, slow, 100)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(ask, other, 1.5)
+        assert outcomes == [("other", pytest.approx(1.5)), ("slow", pytest.approx(100))]
+
+
+async def test_many_distinct_timeouts_all_fire(autojump_clock: trio.testing.MockClock) -> None:
+    async with ta.open_supervisor() as sup:
+        ref = await sup.start_actor(Counter)
+        await ref.tell(Sleep(3600))
+        fired: list[float] = []
+
+        async def ask(timeout: float) -> None:
+            start = trio.current_time()
+            with pytest.raises(ta.AskTimeout):
+                await ref.ask(Get(), timeout=timeout)
+            fired.append(round(trio.current_time() - start, 6))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):  # more distinct values than the timer serves
+                nursery.start_soon(ask, 1 + i / 10)
+        assert sorted(fired) == [round(1 + i / 10, 6) for i in range(40)]
+
+
+async def test_an_outer_cancel_scope_bounds_an_ask(autojump_clock: trio.testing.MockClock) -> None:
+    async with ta.open_supervisor() as sup:
+        ref = await sup.start_actor(Counter)
+        await ref.tell(Sleep(10))
+        with trio.move_on_after(1) as scope:
+            await ref.ask(Get(), timeout=100)
+        assert scope.cancelled_caught
+        assert await ref.ask(Get(), timeout=100) == 0  # the abandoned reply was dropped
+
+
+async def test_an_ask_whose_handler_is_cancelled_fails_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with ta.open_supervisor() as sup:
+        ref = await sup.start_actor(Counter, name="c", shutdown=0)
+        async with trio.open_nursery() as nursery:
+
+            async def asker() -> None:
+                with pytest.raises(ta.ActorStopped, match="cancelled while handling"):
+                    await ref.ask(Sleep(3600), timeout=None)
+
+            nursery.start_soon(asker)
+            await trio.testing.wait_all_tasks_blocked()
+            await sup.stop_child("c")
 
 
 async def test_ask_timeout_covers_waiting_for_mailbox_room(

@@ -13,9 +13,15 @@ import math
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Generic, TypeVar, final, overload
 
-import outcome
 import trio
-from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import (
+    Abort,
+    Task,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
 
 from .._errors import ActorStopped, AskDeadlock, AskTimeout, UnhandledMessage
 from ._mailbox import Mailbox
@@ -64,39 +70,69 @@ _frame: ContextVar[tuple[_Place | None, tuple[_Place, ...]]] = ContextVar(
 class _Reply:
     """A one-shot slot that an ``ask`` waits on; the request's reply address."""
 
-    __slots__ = ("_outcome", "_task")
+    __slots__ = (
+        "_deadline",
+        "_done",
+        "_error",
+        "_message",
+        "_place",
+        "_task",
+        "_timeout",
+        "_value",
+    )
 
-    def __init__(self) -> None:
-        self._outcome: outcome.Outcome[object] | None = None
+    def __init__(self, place: _Place, message: object, timeout: float | None) -> None:
+        self._done = False  # answered, or abandoned by the asker
+        self._value: object = None
+        self._error: BaseException | None = None
         self._task: Task | None = None
+        self._place = place
+        self._message = message
+        self._timeout = timeout
+        self._deadline = math.inf
 
     def succeed(self, value: object) -> None:
-        self._set(outcome.Value(value))
+        if not self._done:  # a second answer (duplicate) is ignored
+            self._done = True
+            self._value = value
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
-        self._set(outcome.Error(error))
+        if not self._done:
+            self._done = True
+            self._error = error
+            self._wake()
 
-    def _set(self, result: outcome.Outcome[object]) -> None:
-        if self._outcome is not None:  # already answered (duplicate): ignore
-            return
-        self._outcome = result
+    def time_out(self) -> None:
+        self.fail(_timeout_error(self._place, self._message, self._timeout))
+
+    def _wake(self) -> None:
         if self._task is not None:
             task, self._task = self._task, None
             reschedule(task)
 
+    def _abort(self, _: object) -> Abort:
+        self._task = None
+        self._done = True  # abandoned: a late answer is dropped
+        return Abort.SUCCEEDED
+
     async def wait(self) -> object:
-        if self._outcome is None:
-            self._task = current_task()
-
-            def abort(_: object) -> Abort:
-                self._task = None
-                return Abort.SUCCEEDED
-
-            await wait_task_rescheduled(abort)
-        else:
+        if self._done:
             await trio.lowlevel.checkpoint()
-        assert self._outcome is not None
-        return self._outcome.unwrap()
+        else:
+            self._task = current_task()
+            await wait_task_rescheduled(self._abort)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _timeout_error(place: _Place, message: object, timeout: float | None) -> AskTimeout:
+    return AskTimeout(
+        f"no reply from {place.path} to {type(message).__qualname__} within {timeout} s; "
+        "the actor may be busy or stuck (its mailbox holds "
+        f"{len(place.mailbox)} messages). Raise the timeout or check the actor."
+    )
 
 
 @final
@@ -205,6 +241,9 @@ class ActorRef(Generic[M]):
         """
         place = self._place
         letter = Letter(message, _sender(), None, ())
+        await checkpoint_if_cancelled()
+        if place.mailbox.try_put(letter):  # the fast path: room, no scheduling
+            return
         try:
             await place.mailbox.put(letter)
         except trio.ClosedResourceError:
@@ -246,20 +285,36 @@ class ActorRef(Generic[M]):
                 "this would hang until the timeout. Use tell() and handle the reply as a "
                 "message, or move the work into a background task (context.start_soon)."
             )
-        reply = _Reply()
+        reply = _Reply(place, message, timeout)
         letter = Letter(message, current.ref if current else None, reply, chain)
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        with trio.CancelScope(deadline=deadline):
-            try:
-                await place.mailbox.put(letter)
-            except trio.ClosedResourceError:
-                place.reject(letter, "stopped")
+        # The common path is inlined (no nested coroutines): this is the hot
+        # path of every request/response exchange.
+        await checkpoint_if_cancelled()
+        sent = place.mailbox.try_put(letter)
+        if timeout is None:
+            if not sent:
+                await _send_request(place, letter)
             return await reply.wait()
-        raise AskTimeout(
-            f"no reply from {place.path} to {type(message).__qualname__} within {timeout} s; "
-            "the actor may be busy or stuck (its mailbox holds "
-            f"{len(place.mailbox)} messages). Raise the timeout or check the actor."
-        )
+        timer = place.system._timer
+        if sent and timer is not None and timer.watch(reply, timeout):
+            # The system's timer enforces the deadline (see _deadlines.py).
+            try:
+                return await reply.wait()
+            finally:
+                timer.trim(timeout)
+        with trio.CancelScope(deadline=trio.current_time() + timeout):
+            if not sent:
+                await _send_request(place, letter)
+            return await reply.wait()
+        raise _timeout_error(place, message, timeout)
+
+
+async def _send_request(place: _Place, letter: Letter) -> None:
+    """The slow path of sending a request: wait for room, or reject it."""
+    try:
+        await place.mailbox.put(letter)
+    except trio.ClosedResourceError:
+        place.reject(letter, "stopped")  # fails the reply: the ask raises ActorStopped
 
 
 def _sender() -> ActorRef[object] | None:

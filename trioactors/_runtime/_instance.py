@@ -8,7 +8,7 @@ import attrs
 import trio
 
 from .._core._supervision import Restart, Strategy
-from .._errors import ActorCrashed, UnhandledMessage
+from .._errors import ActorCrashed, ActorStopped, UnhandledMessage
 from ._actor import Actor, ActorRef, Letter, _frame, _Place
 
 if TYPE_CHECKING:
@@ -37,11 +37,23 @@ class _Instance:
     stopping: bool = False
     current: object = None  # message being handled, for crash reports and dumps
     place: _Place | None = None
+    tasks: set[trio.CancelScope] = attrs.Factory(set)  # its background tasks
+    tasks_done: trio.Event | None = None
+    ended: bool = False
 
     def request_stop(self) -> None:
         self.stopping = True
         if self.place is not None:
             self.place.mailbox.wake()
+
+    async def end_tasks(self) -> None:
+        """Cancel this instance's background tasks and wait until they have exited."""
+        self.ended = True
+        if self.tasks:
+            self.tasks_done = trio.Event()
+            for scope in self.tasks:
+                scope.cancel()
+            await self.tasks_done.wait()
 
 
 @final
@@ -98,11 +110,24 @@ class ActorContext:
         It is cancelled when the instance stops; if it raises, the actor crashes.
         """
         place = self._place
+        instance = self._instance
+        if instance.ended:
+            raise RuntimeError(f"{self.path}: this actor instance has stopped")
 
         async def run() -> None:
             _frame.set((place, ()))
-            await fn(*args)
+            with trio.CancelScope() as scope:
+                instance.tasks.add(scope)
+                try:
+                    if not instance.ended:
+                        await fn(*args)
+                finally:
+                    instance.tasks.discard(scope)
+                    if not instance.tasks and instance.tasks_done is not None:
+                        instance.tasks_done.set()
 
+        # The slot's nursery outlives this instance; the instance cancels and
+        # awaits its own tasks when it ends (see _Instance.end_tasks).
         self._nursery.start_soon(run, name=f"{self.path}:task")
 
     async def start_actor(
@@ -146,7 +171,15 @@ class ActorContext:
         )
 
 
-async def _run_actor(slot: _Slot, instance: _Instance, ready: Callable[[], None]) -> None:
+async def _run_actor(
+    slot: _Slot, instance: _Instance, nursery: trio.Nursery, ready: Callable[[], None]
+) -> Exception | None:
+    """Run one instance to its end; return its crash (None for a normal exit).
+
+    ``nursery`` belongs to the slot's task and outlives the instance: the
+    instance's background tasks and children run there, and are stopped here
+    before the instance counts as ended. A cancellation propagates.
+    """
     place = slot.place
     assert place is not None
     assert slot.factory is not None
@@ -154,19 +187,22 @@ async def _run_actor(slot: _Slot, instance: _Instance, ready: Callable[[], None]
     started = False
     context: ActorContext | None = None
     try:
-        async with trio.open_nursery() as nursery:
+        try:
             actor = slot.factory()
             context = ActorContext(slot, place, instance, nursery)
             actor._context = context
             _frame.set((place, (place,)))
-            try:
+            if (
+                type(actor).on_start is not Actor.on_start
+            ):  # skip the scope when there is nothing to time
                 with trio.fail_after(slot.start_timeout):
                     await actor.on_start()
-                started = True
-                ready()
-                await _serve_mailbox(actor, context, place, instance)
-            except Exception as exc:
-                crash = exc
+            started = True
+            ready()
+            await _serve_mailbox(actor, context, place, instance)
+        except Exception as exc:
+            crash = exc
+        if context is not None:
             if context._children is not None:
                 await context._children._shutdown()
             if started:
@@ -175,13 +211,12 @@ async def _run_actor(slot: _Slot, instance: _Instance, ready: Callable[[], None]
                 except Exception as exc:
                     if crash is None:
                         crash = exc
-            nursery.cancel_scope.cancel()
+            await instance.end_tasks()
     finally:
         # Children live as long as this instance, even when it is cancelled.
         if context is not None and context._children is not None:
             context._children._close("stopped")
-    if crash is not None:
-        raise crash
+    return crash
 
 
 async def _serve_mailbox(
@@ -211,6 +246,12 @@ async def _serve_mailbox(
                 place.system._dead_letter(place.path, message, letter.sender, "unhandled")
         except Exception as exc:
             _crashed(place, letter, exc)
+            raise
+        except trio.Cancelled:
+            if letter.reply is not None:
+                letter.reply.fail(
+                    ActorStopped(f"{place.path} was cancelled while handling the request")
+                )
             raise
         else:
             if letter.reply is not None:

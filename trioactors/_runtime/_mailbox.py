@@ -89,6 +89,16 @@ class Mailbox(Generic[T]):
             task, self._receiver = self._receiver, None
             reschedule(task)
 
+    def try_put(self, item: T) -> bool:
+        """Queue ``item`` if the mailbox is open and has room; say whether it did."""
+        if self._closed or len(self._queue) >= self._capacity:
+            return False
+        self._queue.append(item)
+        if self._receiver is not None:
+            task, self._receiver = self._receiver, None
+            reschedule(task)
+        return True
+
     def put_nowait(self, item: T) -> None:
         """Queue ``item`` or raise ``trio.WouldBlock`` if the mailbox is full."""
         if self._closed:

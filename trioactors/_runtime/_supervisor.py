@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from .._core._supervision import (
+    Action,
     Backoff,
     GiveUp,
     RemoveChildren,
@@ -40,6 +41,7 @@ from .._errors import (
     SupervisorGaveUp,
 )
 from ._actor import Actor, ActorRef, _Place
+from ._deadlines import AskTimer
 from ._instance import DEFAULT_SHUTDOWN, DEFAULT_START_TIMEOUT, _Instance, _run_actor
 from ._system import (
     ActorSystem,
@@ -129,11 +131,20 @@ class _Exited:
 
 
 @attrs.frozen
+class _Decided:
+    """A decision made in the child's task (see _decide_in_place), to carry out."""
+
+    slot: _Slot
+    exception: Exception | None
+    actions: list[Action]
+
+
+@attrs.frozen
 class _StopRequested:
     pass
 
 
-_Control = _Exited | _StopRequested
+_Control = _Exited | _Decided | _StopRequested
 
 
 @final
@@ -170,6 +181,7 @@ class Supervisor:
         self._control: trio.MemorySendChannel[_Control] | None = None
         self._nursery: trio.Nursery | None = None
         self._finished: trio.Event | None = None
+        self._stopping = False
         self._closed = False
 
     def __repr__(self) -> str:
@@ -368,37 +380,92 @@ class Supervisor:
         scope = trio.CancelScope()
         done = trio.Event()
         slot.scope, slot.done = scope, done
-        ready = False
+        ready = False  # the current instance finished starting
+        reported = False  # task_status.started() was called
+        restarted_in_place = False
 
         def on_ready() -> None:
-            nonlocal ready
+            nonlocal ready, reported, restarted_in_place
             ready = True
             slot.state = ChildState.RUNNING
-            task_status.started()
+            if restarted_in_place:
+                restarted_in_place = False
+                self.system._publish(ChildRestarted(slot.path, slot.restarts, trio.current_time()))
+            if not reported:
+                reported = True
+                task_status.started()
 
         error: Exception | None = None
-        instance = _Instance(place=slot.place)
+        message: object = None
+        decided = False
         try:
             with scope:
                 if slot.supervisor is not None:
                     await slot.supervisor._serve(on_ready)
                 else:
-                    slot.instance = instance
-                    await _run_actor(slot, instance, on_ready)
+                    async with _unwrapping_nursery() as nursery:
+                        while True:
+                            instance = _Instance(place=slot.place)
+                            slot.instance = instance
+                            ready = False
+                            error = await _run_actor(slot, instance, nursery, on_ready)
+                            message = instance.current
+                            if error is None or not ready:
+                                break
+                            verdict = self._decide_in_place(slot, generation, error, message)
+                            if verdict is None:
+                                break
+                            if not verdict:
+                                decided = True
+                                break
+                            restarted_in_place = True
+                            generation = slot.generation
         except Exception as exc:
             error = exc
         finally:
             done.set()
-        if not ready:
+        if not reported:
             if initial:
                 if error is None:
                     raise StartFailed(f"{slot.path} did not start: it was cancelled")
                 raise StartFailed(f"{slot.path} did not start: {error!r}") from error
             task_status.started()
-        if slot.generation != generation or slot.state is ChildState.STOPPING:
-            return  # we stopped it ourselves: the manager is waiting on `done`
+        if decided or slot.generation != generation or slot.state is ChildState.STOPPING:
+            return  # decided already, or we stopped it ourselves (the manager waits on `done`)
         if self._control is not None:
-            self._control.send_nowait(_Exited(slot, generation, error, instance.current))
+            self._control.send_nowait(_Exited(slot, generation, error, message))
+
+    def _decide_in_place(
+        self, slot: _Slot, generation: int, error: Exception, message: object
+    ) -> bool | None:
+        """Fast path for a crash, decided in the child's own task.
+
+        Taken only when the decision cannot interleave with the manager's work:
+        one-for-one, no backoff, nothing queued for the manager, not stopping.
+        The policy is consulted exactly as the manager would. Returns True to
+        restart in this task at once (the common case, without a trip through
+        the manager and a new task), False when the decision went to the
+        manager to carry out, None when the fast path does not apply.
+        """
+        control = self._control
+        if (
+            control is None
+            or self._stopping
+            or self.strategy is not Strategy.ONE_FOR_ONE
+            or self.backoff is not None
+            or slot.generation != generation
+            or slot.state is not ChildState.RUNNING
+            or control.statistics().current_buffer_used
+        ):
+            return None
+        actions = self._decide(slot, error, message)
+        if actions == [StartChildren((slot.name,))]:
+            slot.restarts += 1
+            slot.generation += 1
+            slot.state = ChildState.RESTARTING
+            return True
+        control.send_nowait(_Decided(slot, error, actions))
+        return False
 
     async def _serve(self, ready: Callable[[], None]) -> None:
         """Run one instance of this supervisor until stopped; raise if it gives up."""
@@ -407,6 +474,7 @@ class Supervisor:
         )
         send, receive = trio.open_memory_channel[_Control](math.inf)
         self._finished = finished = trio.Event()
+        self._stopping = False
         try:
             async with _unwrapping_nursery() as nursery:
                 self._nursery = nursery
@@ -441,15 +509,21 @@ class Supervisor:
                 case _Exited(slot, generation, error, message):
                     if slot.generation != generation or self._slots.get(slot.name) is not slot:
                         continue  # stale: already restarted or removed
-                    await self._on_exit(slot, error, message)
+                    await self._carry_out(slot, error, self._decide(slot, error, message))
+                case _Decided(slot, error, actions):
+                    if self._slots.get(slot.name) is slot:
+                        await self._carry_out(slot, error, actions)
 
-    async def _on_exit(self, slot: _Slot, error: Exception | None, message: object) -> None:
+    def _decide(self, slot: _Slot, error: Exception | None, message: object) -> list[Action]:
         now = trio.current_time()
         if error is not None:
             logger.warning("%s crashed: %r", slot.path, error, exc_info=error)
             self.system._publish(ChildCrashed(slot.path, error, message, now))
         slot.state = ChildState.STOPPED
-        actions = self._policy.child_exited(slot.name, crashed=error is not None, now=now)
+        return self._policy.child_exited(slot.name, crashed=error is not None, now=now)
+
+    async def _carry_out(self, slot: _Slot, error: Exception | None, actions: list[Action]) -> None:
+        now = trio.current_time()
         if not actions:  # transient after a normal exit: kept, but stopped
             slot.finished = True
             if slot.place is not None:
@@ -520,6 +594,7 @@ class Supervisor:
             self.system._publish(ChildStopped(slot.path, reason, trio.current_time()))
 
     def _request_stop(self) -> None:
+        self._stopping = True
         if self._control is not None:
             self._control.send_nowait(_StopRequested())
 
@@ -629,8 +704,12 @@ async def open_supervisor(
         backoff=backoff,
     )
     previous_root, system.root = system.root, root
+    timer: AskTimer | None = None
     try:
         async with _unwrapping_nursery() as nursery:
+            if system._timer is None:
+                timer = system._timer = AskTimer()
+                await nursery.start(timer.run)
             await nursery.start(_serve_started, root)
             graceful = True
             try:
@@ -643,6 +722,10 @@ async def open_supervisor(
             finally:
                 if graceful:
                     await root._shutdown()
+                if timer is not None:
+                    timer.close()
     finally:
         root._close("stopped")
         system.root = previous_root
+        if timer is not None:
+            system._timer = None

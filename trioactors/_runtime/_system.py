@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._actor import ActorRef, _Place
+    from ._deadlines import AskTimer
     from ._supervisor import Supervisor
 
 __all__ = [
@@ -265,6 +266,7 @@ class ActorSystem:
         self._subscriptions: set[Subscription] = set()
         self._ids = itertools.count(1)
         self.root: Supervisor | None = None
+        self._timer: AskTimer | None = None
 
     def __repr__(self) -> str:
         return f"<ActorSystem {self.name!r} actors={len(self._registry)}>"

@@ -451,3 +451,24 @@ async def test_events_lost_when_a_subscriber_falls_behind() -> None:
 async def test_actor_ref_cannot_be_built_by_hand() -> None:
     with pytest.raises(TypeError):
         ta.ActorRef()
+
+
+async def test_a_sender_waiting_for_room_gets_a_dead_letter_when_the_actor_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with ta.open_supervisor() as sup, sup.system.subscribe() as events:
+        ref = await sup.start_actor(Counter, name="c", mailbox_size=1, shutdown=0)
+        await ref.tell(Sleep(3600))
+        await trio.testing.wait_all_tasks_blocked()
+        await ref.tell(Inc(1))  # fills the mailbox
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.tell, Inc(2))  # waits for room
+            await trio.testing.wait_all_tasks_blocked()
+            await sup.stop_child("c")
+        letters = [e async for e in _take(events, ta.DeadLetter, 2)]
+        assert [d.message for d in letters] == [Inc(1), Inc(2)]
+
+
+async def _take(events: ta.Subscription, kind: type[ta.DeadLetter], n: int):  # type: ignore[no-untyped-def]
+    for _ in range(n):
+        yield await events.wait_for(kind)

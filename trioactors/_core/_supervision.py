@@ -39,7 +39,8 @@ Rules, as in OTP's ``supervisor`` module:
   ``intensity`` restarts happened in the last ``period`` seconds (inclusive),
   the supervisor stops every running child in reverse start order and gives up.
 
-Invariants: names are unique; a child is in at most one action of a list;
+Invariants: names are unique; a child appears at most once in each action,
+and is stopped before it is removed or started again;
 the restart history holds at most ``intensity + 1`` entries.
 """
 

@@ -30,10 +30,10 @@ from ._runtime._actor import Request as Request
 from ._runtime._instance import DEFAULT_SHUTDOWN as DEFAULT_SHUTDOWN
 from ._runtime._instance import DEFAULT_START_TIMEOUT as DEFAULT_START_TIMEOUT
 from ._runtime._instance import ActorContext as ActorContext
+from ._runtime._root import open_supervisor as open_supervisor
 from ._runtime._supervisor import ChildInfo as ChildInfo
 from ._runtime._supervisor import ChildState as ChildState
 from ._runtime._supervisor import Supervisor as Supervisor
-from ._runtime._supervisor import open_supervisor as open_supervisor
 from ._runtime._system import ActorSystem as ActorSystem
 from ._runtime._system import ChildCrashed as ChildCrashed
 from ._runtime._system import ChildRestarted as ChildRestarted

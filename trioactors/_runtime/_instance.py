@@ -192,9 +192,8 @@ async def _run_actor(
             context = ActorContext(slot, place, instance, nursery)
             actor._context = context
             _frame.set((place, (place,)))
-            if (
-                type(actor).on_start is not Actor.on_start
-            ):  # skip the scope when there is nothing to time
+            # A cancel scope costs microseconds: skip it when there is nothing to time.
+            if type(actor).on_start is not Actor.on_start:
                 with trio.fail_after(slot.start_timeout):
                     await actor.on_start()
             started = True

@@ -13,12 +13,21 @@ __all__ = [
     "ActorStopped",
     "AskDeadlock",
     "AskTimeout",
+    "AuthenticationFailed",
+    "FrameTooLarge",
+    "InvalidPayload",
     "LocalProtocolError",
+    "MalformedFrame",
     "NameTaken",
+    "NodeUnreachable",
+    "NotSerializable",
+    "ProtocolVersionMismatch",
+    "RemoteProtocolError",
     "StartFailed",
     "SupervisorGaveUp",
     "TrioactorsError",
     "UnhandledMessage",
+    "UnknownMessageType",
 ]
 
 
@@ -111,3 +120,59 @@ class SupervisorGaveUp(TrioactorsError):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+# -- network -----------------------------------------------------------------------
+
+
+class RemoteProtocolError(TrioactorsError):
+    """A peer sent something we cannot accept.
+
+    The node answers with an error where it can, counts it (see the node's and
+    the transport's ``statistics()``), logs it with the peer's identity, and
+    keeps serving everyone else.
+    """
+
+
+class MalformedFrame(RemoteProtocolError, ValueError):
+    """A frame is not a valid envelope (bad encoding, missing or mistyped fields)."""
+
+
+class UnknownMessageType(RemoteProtocolError, LookupError):
+    """A frame names a message type that is not registered on this node.
+
+    Register it (``MessageRegistry.register``) on every node that receives it.
+    """
+
+
+class InvalidPayload(RemoteProtocolError, TypeError):
+    """A frame's payload does not match its registered type (wrong field types)."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame exceeds the transport's ``max_frame_size``."""
+
+
+class AuthenticationFailed(RemoteProtocolError):
+    """The peer could not prove it knows the cluster secret (or we could not)."""
+
+
+class ProtocolVersionMismatch(RemoteProtocolError):
+    """The peer speaks a different trioactors wire protocol version."""
+
+
+class NodeUnreachable(TrioactorsError, ConnectionError):
+    """A frame could not be sent to a node within its deadline.
+
+    The node may be down, unknown (no address for it), or the network may be
+    partitioned. The message was not delivered.
+    """
+
+
+class NotSerializable(LocalProtocolError, TypeError):
+    """A message or reply cannot be sent over the network.
+
+    Register its attrs class with the node's ``MessageRegistry``; only
+    registered attrs classes and plain JSON values (None, bool, int, float, str,
+    lists and dicts of them) cross the wire.
+    """

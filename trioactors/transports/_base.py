@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import abc
 import math
-import ssl
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 import trio
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["PROTOCOL_VERSION", "Deliver", "Transport", "TransportConfig", "TransportStatistics"]
 

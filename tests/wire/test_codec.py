@@ -1,0 +1,181 @@
+"""The envelope codec: typed round trips, strict decoding, fuzzed input."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioactors._errors import (
+    InvalidPayload,
+    MalformedFrame,
+    NotSerializable,
+    RemoteProtocolError,
+    UnknownMessageType,
+)
+from trioactors._wire._address import Address
+from trioactors._wire._codec import Codec, Envelope, Kind, MessageRegistry
+
+
+@attrs.frozen
+class Inc:
+    n: int
+
+
+@attrs.frozen
+class Order:
+    item: str
+    quantity: int
+    price: float
+    tags: list[str] = attrs.Factory(list)
+    note: str | None = None
+
+
+@attrs.frozen
+class Unregistered:
+    x: int
+
+
+registry = MessageRegistry()
+registry.register(Inc)
+registry.register(Order, tag="shop.Order")
+
+FORMATS = ["json", "msgpack"]
+
+
+def envelope(payload: object, kind: Kind = Kind.TELL, tag: str = "") -> Envelope:
+    return Envelope(kind, "worker@b", "client@a", 7, None, tag, payload, 0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    "payload",
+    [Inc(3), Order("tea", 2, 1.5, ["hot"], None), None, 42, "text", [1, "two"], {"k": [1.5]}],
+)
+def test_round_trip(fmt: str, payload: object) -> None:
+    codec = Codec(registry, fmt)  # type: ignore[arg-type]
+    decoded = codec.decode(codec.encode(envelope(payload)))
+    assert decoded.payload == payload
+    assert type(decoded.payload) is type(payload)
+    assert (decoded.to, decoded.sender, decoded.id, decoded.kind) == (
+        "worker@b",
+        "client@a",
+        7,
+        Kind.TELL,
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_error_envelopes_carry_a_message(fmt: str) -> None:
+    codec = Codec(registry, fmt)  # type: ignore[arg-type]
+    env = Envelope(Kind.ERROR, "$ask@a", None, 8, 7, "ActorNotFound", "no actor named 'x'")
+    assert codec.decode(codec.encode(env)) == env
+
+
+def test_tags_identify_types_not_import_paths() -> None:
+    frame = Codec(registry).encode(envelope(Order("tea", 1, 2.0)))
+    assert b"shop.Order" in frame
+    assert b"test_codec" not in frame
+
+
+def test_unregistered_types_are_refused_on_encode() -> None:
+    with pytest.raises(NotSerializable, match="not a registered message type"):
+        Codec(registry).encode(envelope(Unregistered(1)))
+    with pytest.raises(NotSerializable):
+        Codec(registry).encode(envelope({"k": object()}))
+
+
+def test_registry_rejects_clashes_and_non_attrs() -> None:
+    r = MessageRegistry()
+    r.register(Inc)
+    r.register(Inc)  # again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        r.register(Order, tag="Inc")
+    with pytest.raises(ValueError, match="not an attrs class"):
+        r.register(dict)
+
+
+def frame(*fields: object) -> bytes:
+    return json.dumps(list(fields)).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        (b"not json", MalformedFrame, "not valid json"),
+        (b"{}", MalformedFrame, "expected a list of 9"),
+        (frame(2, 0, "a@b", None, 1, None, 0, "", None), MalformedFrame, "version"),
+        (frame(1, 9, "a@b", None, 1, None, 0, "", None), MalformedFrame, "kind"),
+        (frame(1, 0, 5, None, 1, None, 0, "", None), MalformedFrame, "addresses"),
+        (frame(1, 0, "a@b", None, "1", None, 0, "", None), MalformedFrame, "ids"),
+        (frame(1, 0, "a@b", None, 1, None, -1, "", None), MalformedFrame, "hop count"),
+        (
+            frame(1, 0, "a@b", None, 1, None, 0, "Nope", {}),
+            UnknownMessageType,
+            "'Nope' is not registered",
+        ),
+        (frame(1, 0, "a@b", None, 1, None, 0, "Inc", {"n": "5"}), InvalidPayload, r"\$\.n"),
+        (frame(1, 0, "a@b", None, 1, None, 0, "Inc", {"n": True}), InvalidPayload, "expected int"),
+        (frame(1, 0, "a@b", None, 1, None, 0, "Inc", {}), InvalidPayload, "required field missing"),
+        (
+            frame(1, 0, "a@b", None, 1, None, 0, "Inc", {"n": 1, "x": 2}),
+            InvalidPayload,
+            "extra fields",
+        ),
+        (frame(1, 0, "a@b", None, 1, None, 0, "Inc", [1]), InvalidPayload, "does not fit"),
+        (frame(1, 3, "a@b", None, 1, 1, 0, "E", {"no": 1}), MalformedFrame, "error envelope"),
+    ],
+)
+def test_bad_frames_get_typed_errors(data: bytes, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        Codec(registry).decode(data)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@given(data=st.binary(max_size=300))
+def test_random_bytes_never_escape_as_other_errors(fmt: str, data: bytes) -> None:
+    try:
+        Codec(registry, fmt).decode(data)  # type: ignore[arg-type]
+    except RemoteProtocolError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+VALID = [1, 1, "a@b", "c@d", 5, None, 0, "shop.Order", {"item": "x", "quantity": 1, "price": 2.0}]
+
+
+@given(index=st.integers(0, 8), value=json_values)
+def test_near_valid_frames_get_typed_errors(index: int, value: object) -> None:
+    fields = list(VALID)
+    fields[index] = value
+    try:
+        env = Codec(registry).decode(json.dumps(fields).encode())
+    except RemoteProtocolError:
+        return
+    # whatever decodes is fully typed
+    assert isinstance(env.payload, Order) or env.tag == ""
+
+
+@given(st.text(max_size=60))
+def test_address_parsing_is_total(text: str) -> None:
+    try:
+        address = Address.parse(text)
+    except ValueError:
+        return
+    assert Address.parse(str(address)) == address
+
+
+def test_address_examples() -> None:
+    assert str(Address.parse("worker@node-b")) == "worker@node-b"
+    for bad in ["worker", "@node", "worker@", "wor ker@node", "w@no de", "a@b@c"]:
+        with pytest.raises(ValueError, match="invalid"):
+            Address.parse(bad)

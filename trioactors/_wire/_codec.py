@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable
-from typing import Literal, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar, final
 
 import attrs
 import cattrs
@@ -32,6 +31,9 @@ from cattrs.preconf.json import make_converter as make_json_converter
 from cattrs.preconf.msgpack import make_converter as make_msgpack_converter
 
 from .._errors import InvalidPayload, MalformedFrame, NotSerializable, UnknownMessageType
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "WIRE_VERSION",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Generic, TypeVar, final, overload
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, final, overload
 
 import trio
 from trio.lowlevel import (
@@ -66,6 +66,13 @@ _frame: ContextVar[tuple[_Place | None, tuple[_Place, ...]]] = ContextVar(
 )
 
 
+class ReplyTo(Protocol):
+    """Where the actor loop sends the outcome of a request."""
+
+    def succeed(self, value: object) -> None: ...
+    def fail(self, error: BaseException) -> None: ...
+
+
 @final
 class _Reply:
     """A one-shot slot that an ``ask`` waits on; the request's reply address."""
@@ -74,21 +81,29 @@ class _Reply:
         "_deadline",
         "_done",
         "_error",
+        "_mailbox",
         "_message",
-        "_place",
+        "_target",
         "_task",
         "_timeout",
         "_value",
     )
 
-    def __init__(self, place: _Place, message: object, timeout: float | None) -> None:
+    def __init__(
+        self,
+        target: str,
+        message: object,
+        timeout: float | None,
+        mailbox: Mailbox[Letter] | None = None,
+    ) -> None:
         self._done = False  # answered, or abandoned by the asker
         self._value: object = None
         self._error: BaseException | None = None
         self._task: Task | None = None
-        self._place = place
+        self._target = target
         self._message = message
         self._timeout = timeout
+        self._mailbox = mailbox
         self._deadline = math.inf
 
     def succeed(self, value: object) -> None:
@@ -103,8 +118,18 @@ class _Reply:
             self._error = error
             self._wake()
 
+    def timeout_error(self) -> AskTimeout:
+        queued = (
+            "" if self._mailbox is None else f" (its mailbox holds {len(self._mailbox)} messages)"
+        )
+        return AskTimeout(
+            f"no reply from {self._target} to {type(self._message).__qualname__} within "
+            f"{self._timeout} s; the actor may be busy or stuck{queued}, or the reply was "
+            "lost. Raise the timeout or check the actor."
+        )
+
     def time_out(self) -> None:
-        self.fail(_timeout_error(self._place, self._message, self._timeout))
+        self.fail(self.timeout_error())
 
     def _wake(self) -> None:
         if self._task is not None:
@@ -127,14 +152,6 @@ class _Reply:
         return self._value
 
 
-def _timeout_error(place: _Place, message: object, timeout: float | None) -> AskTimeout:
-    return AskTimeout(
-        f"no reply from {place.path} to {type(message).__qualname__} within {timeout} s; "
-        "the actor may be busy or stuck (its mailbox holds "
-        f"{len(place.mailbox)} messages). Raise the timeout or check the actor."
-    )
-
-
 @final
 class Letter:
     """What a mailbox holds: a message with its sender and reply address."""
@@ -145,7 +162,7 @@ class Letter:
         self,
         message: object,
         sender: ActorRef[object] | None,
-        reply: _Reply | None,
+        reply: ReplyTo | None,
         chain: tuple[_Place, ...],
     ) -> None:
         self.message = message
@@ -165,7 +182,7 @@ class _Place:
         self.name = name
         self.path = path
         self.mailbox: Mailbox[Letter] = Mailbox(capacity)
-        self.ref: ActorRef[object] = ActorRef._new(self)
+        self.ref: ActorRef[object] = _LocalRef(self)
 
     def close(self, reason: str) -> None:
         """Close the mailbox; everything still queued becomes a dead letter."""
@@ -183,62 +200,136 @@ class _Place:
         self.system._dead_letter(self.path, letter.message, letter.sender, reason)
 
 
-@final
 class ActorRef(Generic[M]):
-    """A handle used to send messages to an actor.
+    """A handle used to send messages to an actor, local or on another node.
 
-    Cheap to copy and safe to share between tasks; it stays valid across
-    restarts of the actor. Obtain one from ``Supervisor.start_actor``,
-    ``ActorContext.start_actor`` or ``ActorSystem.lookup``.
+    Cheap to copy and safe to share between tasks; a reference stays valid
+    across restarts of the actor. Obtain one from ``Supervisor.start_actor``,
+    ``ActorContext.start_actor``, ``ActorSystem.lookup`` or ``Node.ref``.
 
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_place",)
-
-    _place: _Place
+    __slots__ = ()
 
     def __init__(self) -> None:
         raise TypeError("ActorRef cannot be created directly; start an actor or look one up")
 
-    @staticmethod
-    def _new(place: _Place) -> ActorRef[object]:
-        self: ActorRef[object] = object.__new__(ActorRef)
-        self._place = place
-        return self
-
     @property
     def name(self) -> str:
-        """The name the actor is registered under in its system."""
-        return self._place.name
+        """The name the actor is registered under."""
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        """``name@node``: how other nodes address this actor."""
+        raise NotImplementedError
 
     @property
     def path(self) -> str:
-        """The actor's position in the supervision tree, e.g. ``/root/workers/w1``."""
-        return self._place.path
+        """The position in the supervision tree (``/root/workers/w1``); the address if remote."""
+        raise NotImplementedError
+
+    @property
+    def is_local(self) -> bool:
+        """True if the actor runs in this process's actor system."""
+        raise NotImplementedError
 
     @property
     def stopped(self) -> bool:
-        """True once the actor is gone for good (messages become dead letters)."""
+        """True once a local actor is gone for good (always False for a remote one)."""
+        return False
+
+    def mailbox_length(self) -> int:
+        """Messages waiting in a local actor's mailbox (0 for a remote one)."""
+        return 0
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self.address}>"
+
+    async def tell(self, message: M) -> None:
+        """Send ``message`` without waiting for it to be handled.
+
+        Waits while the mailbox (or, for a remote actor, the connection's send
+        queue) is full: backpressure. Returns once the message is queued.
+        Delivery is at most once: a message to a local actor that has stopped
+        for good is recorded as a dead letter instead.
+
+        Inside an actor the sender is that actor (``context.sender`` on the
+        receiving side); elsewhere there is no sender.
+
+        Raises:
+          NodeUnreachable: (remote only) the actor's node cannot be reached.
+          NotSerializable: (remote only) the message type is not registered.
+        """
+        raise NotImplementedError
+
+    def tell_nowait(self, message: M) -> None:
+        """Like :meth:`tell`, but raise ``trio.WouldBlock`` if it would wait."""
+        raise NotImplementedError
+
+    @overload
+    async def ask(self, message: Request[R], *, timeout: float | None = ...) -> R: ...
+    @overload
+    async def ask(self, message: M, *, timeout: float | None = ...) -> object: ...
+    async def ask(self, message: object, *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> object:
+        """Send ``message`` and wait for the value the handler returns.
+
+        The whole exchange, including waiting for mailbox room, runs under one
+        deadline: ``timeout`` seconds (default 5; ``None`` waits forever).
+
+        Raises:
+          AskTimeout: no reply in time. The request may still be handled later.
+          AskDeadlock: the target is already waiting on the caller (an actor
+            asking itself, or a cycle of asks); raised at once.
+          ActorStopped: the actor stopped for good before it handled the request.
+          ActorCrashed: the handler raised; the actor's supervisor was told.
+          UnhandledMessage: the actor does not handle this message type.
+          ActorNotFound: (remote only) no actor of that name on its node.
+          NodeUnreachable: (remote only) the actor's node cannot be reached.
+        """
+        return await self._ask(message, timeout)
+
+    async def _ask(self, message: object, timeout: float | None) -> object:
+        raise NotImplementedError
+
+
+@final
+class _LocalRef(ActorRef[M]):
+    """A reference to an actor of this process: it points at the actor's place."""
+
+    __slots__ = ("_place",)
+
+    def __init__(self, place: _Place) -> None:
+        self._place = place
+
+    @property
+    def name(self) -> str:
+        return self._place.name
+
+    @property
+    def address(self) -> str:
+        return f"{self._place.name}@{self._place.system.name}"
+
+    @property
+    def path(self) -> str:
+        return self._place.path
+
+    @property
+    def is_local(self) -> bool:
+        return True
+
+    @property
+    def stopped(self) -> bool:
         return self._place.mailbox.closed
 
     def mailbox_length(self) -> int:
-        """How many messages are waiting in the actor's mailbox."""
         return len(self._place.mailbox)
 
     def __repr__(self) -> str:
         return f"<ActorRef {self._place.path}>"
 
     async def tell(self, message: M) -> None:
-        """Send ``message`` without waiting for it to be handled.
-
-        Waits while the mailbox is full (backpressure); returns as soon as the
-        message is queued. Delivery is at most once: if the actor has stopped
-        for good, the message is recorded as a dead letter instead.
-
-        Inside an actor the sender is that actor (``context.sender`` on the
-        receiving side); elsewhere there is no sender.
-        """
         place = self._place
         letter = Letter(message, _sender(), None, ())
         await checkpoint_if_cancelled()
@@ -250,7 +341,6 @@ class ActorRef(Generic[M]):
             place.reject(letter, "stopped")
 
     def tell_nowait(self, message: M) -> None:
-        """Like :meth:`tell`, but raise ``trio.WouldBlock`` if the mailbox is full."""
         place = self._place
         letter = Letter(message, _sender(), None, ())
         try:
@@ -258,24 +348,7 @@ class ActorRef(Generic[M]):
         except trio.ClosedResourceError:
             place.reject(letter, "stopped")
 
-    @overload
-    async def ask(self, message: Request[R], *, timeout: float | None = ...) -> R: ...
-    @overload
-    async def ask(self, message: M, *, timeout: float | None = ...) -> object: ...
-    async def ask(self, message: object, *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> object:
-        """Send ``message`` and wait for the value the handler returns.
-
-        The whole exchange, including waiting for mailbox room, runs under one
-        deadline: ``timeout`` seconds (``None`` waits forever).
-
-        Raises:
-          AskTimeout: no reply in time. The request may still be handled later.
-          AskDeadlock: the target is already waiting on the caller (an actor
-            asking itself, or a cycle of asks); raised at once.
-          ActorStopped: the actor stopped for good before it handled the request.
-          ActorCrashed: the handler raised; the actor's supervisor was told.
-          UnhandledMessage: the actor does not handle this message type.
-        """
+    async def _ask(self, message: object, timeout: float | None) -> object:
         place = self._place
         current, chain = _frame.get()
         if place in chain:
@@ -285,7 +358,7 @@ class ActorRef(Generic[M]):
                 "this would hang until the timeout. Use tell() and handle the reply as a "
                 "message, or move the work into a background task (context.start_soon)."
             )
-        reply = _Reply(place, message, timeout)
+        reply = _Reply(place.path, message, timeout, place.mailbox)
         letter = Letter(message, current.ref if current else None, reply, chain)
         # The common path is inlined (no nested coroutines): this is the hot
         # path of every request/response exchange.
@@ -306,7 +379,7 @@ class ActorRef(Generic[M]):
             if not sent:
                 await _send_request(place, letter)
             return await reply.wait()
-        raise _timeout_error(place, message, timeout)
+        raise reply.timeout_error()
 
 
 async def _send_request(place: _Place, letter: Letter) -> None:

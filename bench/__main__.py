@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import local, remote
 from ._common import emit
-from .local import WORKLOADS
+
+WORKLOADS = {**local.WORKLOADS, **remote.WORKLOADS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,22 @@ from ._errors import ActorNotFound as ActorNotFound
 from ._errors import ActorStopped as ActorStopped
 from ._errors import AskDeadlock as AskDeadlock
 from ._errors import AskTimeout as AskTimeout
+from ._errors import AuthenticationFailed as AuthenticationFailed
+from ._errors import FrameTooLarge as FrameTooLarge
+from ._errors import InvalidPayload as InvalidPayload
 from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import MalformedFrame as MalformedFrame
 from ._errors import NameTaken as NameTaken
+from ._errors import NodeUnreachable as NodeUnreachable
+from ._errors import NotSerializable as NotSerializable
+from ._errors import ProtocolVersionMismatch as ProtocolVersionMismatch
+from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import StartFailed as StartFailed
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import TrioactorsError as TrioactorsError
 from ._errors import UnhandledMessage as UnhandledMessage
+from ._errors import UnknownMessageType as UnknownMessageType
+from ._open import open_node as open_node
 from ._runtime._actor import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from ._runtime._actor import Actor as Actor
 from ._runtime._actor import ActorRef as ActorRef
@@ -30,6 +40,8 @@ from ._runtime._actor import Request as Request
 from ._runtime._instance import DEFAULT_SHUTDOWN as DEFAULT_SHUTDOWN
 from ._runtime._instance import DEFAULT_START_TIMEOUT as DEFAULT_START_TIMEOUT
 from ._runtime._instance import ActorContext as ActorContext
+from ._runtime._node import Node as Node
+from ._runtime._node import NodeStatistics as NodeStatistics
 from ._runtime._root import open_supervisor as open_supervisor
 from ._runtime._supervisor import ChildInfo as ChildInfo
 from ._runtime._supervisor import ChildState as ChildState
@@ -46,6 +58,12 @@ from ._runtime._system import Subscription as Subscription
 from ._runtime._system import SupervisorEscalated as SupervisorEscalated
 from ._runtime._system import SystemStatistics as SystemStatistics
 from ._version import __version__ as __version__
+from ._wire._address import Address as Address
+from ._wire._codec import Codec as Codec
+from ._wire._codec import Envelope as Envelope
+from ._wire._codec import MessageRegistry as MessageRegistry
+from ._wire._codec import default_registry as default_registry
+from ._wire._codec import message as message
 
 ONE_FOR_ONE = Strategy.ONE_FOR_ONE
 ONE_FOR_ALL = Strategy.ONE_FOR_ALL

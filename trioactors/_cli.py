@@ -21,7 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"trioactors {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("demo", help="run a supervision tree that crashes, restarts and escalates")
+    from ._nodecmd import add_arguments, run_node
+
+    add_arguments(commands.add_parser("node", help="run a node with the example actors"))
     args = parser.parse_args(argv)
+    if args.command == "node":
+        trio.run(run_node, args)
+        return 0
     if args.command == "demo":
         from ._demo import run_demo
 

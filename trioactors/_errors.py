@@ -80,9 +80,11 @@ class ActorCrashed(TrioactorsError):
     actor's supervisor has been told and applies its restart strategy.
     """
 
-    def __init__(self, message: str, exception: BaseException) -> None:
+    def __init__(self, message: str, exception: BaseException | None) -> None:
         super().__init__(message)
         self.exception = exception
+        """What the handler raised; ``None`` when the actor is on another node
+        (the message then names the remote exception)."""
 
 
 class UnhandledMessage(TrioactorsError, TypeError):

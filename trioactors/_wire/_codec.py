@@ -202,14 +202,17 @@ class Codec:
 
     # -- encoding ----------------------------------------------------------------
 
-    def encode(self, envelope: Envelope) -> bytes:
+    def encode(self, envelope: Envelope, *, raw: bool = False) -> bytes:
         """The frame for ``envelope``.
+
+        With ``raw=True`` the payload is already unstructured data under
+        ``envelope.tag`` (a forwarded envelope, decoded with ``structure=False``).
 
         Raises:
           NotSerializable: the payload's type is not registered, or the payload
             is not plain JSON data.
         """
-        tag, data = self._unstructure(envelope)
+        tag, data = (envelope.tag, envelope.payload) if raw else self._unstructure(envelope)
         header = [
             WIRE_VERSION,
             int(envelope.kind),
@@ -247,8 +250,12 @@ class Codec:
 
     # -- decoding ----------------------------------------------------------------
 
-    def decode(self, frame: bytes) -> Envelope:
+    def decode(self, frame: bytes, *, structure: bool = True) -> Envelope:
         """The envelope in ``frame``, with a typed payload.
+
+        With ``structure=False`` the payload is left as unstructured data (for
+        a node that only forwards it, or decides first where it goes); finish
+        with :meth:`structure`.
 
         Raises:
           MalformedFrame: not an envelope of this protocol version.
@@ -281,9 +288,17 @@ class Codec:
             if type(data) is not str:
                 raise MalformedFrame("an error envelope's payload must be a string")
             payload: object = data
-        else:
+        elif structure:
             payload = self._structure(tag, data)
+        else:
+            payload = data
         return Envelope(envelope_kind, to, sender, id_, correlation, tag, payload, hops)
+
+    def structure(self, envelope: Envelope) -> Envelope:
+        """Type the payload of an envelope decoded with ``structure=False``."""
+        if envelope.kind is Kind.ERROR:
+            return envelope
+        return attrs.evolve(envelope, payload=self._structure(envelope.tag, envelope.payload))
 
     def _structure(self, tag: str, data: object) -> object:
         if tag == PLAIN:

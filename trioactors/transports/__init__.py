@@ -7,3 +7,11 @@ from ._base import Deliver as Deliver
 from ._base import Transport as Transport
 from ._base import TransportConfig as TransportConfig
 from ._base import TransportStatistics as TransportStatistics
+from ._memory import MemoryNetwork as MemoryNetwork
+from ._memory import MemoryNetworkStatistics as MemoryNetworkStatistics
+from ._memory import MemoryTransport as MemoryTransport
+from ._memory import NodeCrashed as NodeCrashed
+from ._memory import Traced as Traced
+from ._memory import TraceEvent as TraceEvent
+from ._tcp import TcpTransport as TcpTransport
+from ._websocket import WebSocketTransport as WebSocketTransport

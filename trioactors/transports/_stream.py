@@ -1,0 +1,648 @@
+"""Shared machinery of the connection-based transports (websocket and tcp).
+
+Theory of operation
+-------------------
+
+A subclass supplies a *frame stream* (:class:`FrameStream`: whole frames in,
+whole frames out, a liveness ping) through two hooks: :meth:`connect_stream`
+opens one to an address, :meth:`serve_streams` accepts them and hands each
+to a callback. Everything else lives here, all of it as tasks of the
+nursery that :meth:`~StreamTransport.serve` owns:
+
+- **Two connections per pair.** A connection we open is used to *send* only;
+  one we accept is used to *receive* only. The client's hello carries its
+  advertised address, so the accepting side learns where to send replies
+  (``add_peer``) and opens its own connection back on demand.
+- **Per peer**: a task that connects, authenticates (the handshake of
+  :mod:`trioactors._wire._handshake`), then runs a writer, a reader and a
+  heartbeat until the connection ends, and reconnects after a break with
+  exponential backoff and full jitter
+  (``uniform(0, min(reconnect_max, reconnect_initial * 2**n))``). It starts on
+  the first ``send`` and runs until the peer is removed or serving stops (so
+  an idle connection is re-established eagerly after a break). A peer that
+  is removed but still alive connects again, and its hello adds it back.
+- **Sending**: each live connection has a bounded queue
+  (``send_queue_size``); ``send`` puts the frame there (waiting while it is
+  full: backpressure) and returns. If the peer is down or connecting, ``send``
+  waits for the connection at most ``connect_timeout``, then raises
+  :class:`NodeUnreachable`. Frames still queued or being written when a
+  connection breaks are lost and counted (``frames_lost``): delivery is at
+  most once. Frames already handed to the operating system count as sent,
+  even if the break then loses them.
+- **Receiving**: every connection, in either direction, has a reader that
+  always drains the stream and calls ``deliver`` for each data frame, so
+  liveness pings are answered (a reader that stops would make the peer
+  declare us dead). ``deliver`` may apply backpressure, but for less than
+  ``heartbeat_timeout``, or the sender's heartbeat closes the connection.
+- **Liveness**: every ``heartbeat_interval`` each side pings, under
+  ``trio.fail_after(heartbeat_timeout)``; a missed pong closes the connection
+  (``heartbeat_failures``). This is what detects a half-open peer.
+- **Bad peers** (oversize frames, failed authentication, version mismatch,
+  malformed handshakes) are counted (on either side of the connection),
+  logged with the claimed name and the remote address, and disconnected; the
+  transport keeps serving everyone else.
+
+Invariants: ``connections_open`` counts connections past their handshake;
+``send`` never waits for a connection longer than ``connect_timeout``; every
+task ends when ``serve`` ends.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeAlias, final
+
+import attrs
+import trio
+
+from .._errors import (
+    AuthenticationFailed,
+    FrameTooLarge,
+    LocalProtocolError,
+    MalformedFrame,
+    NodeUnreachable,
+    ProtocolVersionMismatch,
+    RemoteProtocolError,
+)
+from .._wire._handshake import (
+    MAX_NAME_LENGTH,
+    ClientHandshake,
+    Established,
+    Failed,
+    PeerInfo,
+    Send,
+    ServerHandshake,
+)
+from ._base import PROTOCOL_VERSION, Deliver, Transport, TransportConfig, TransportStatistics
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["FrameStream", "StreamHandler", "StreamTransport"]
+
+logger = logging.getLogger("trioactors.transports")
+
+_BATCH_FRAMES = 64
+_BATCH_BYTES = 256 * 1024
+_MAX_BACKOFF_EXPONENT = 30
+_CONNECT_ERRORS = (
+    OSError,  # includes NodeUnreachable and ssl.SSLError
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    RemoteProtocolError,
+)
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class FrameStream(abc.ABC):
+    """One connection carrying whole frames, as the transports' hooks provide it.
+
+    Error contract of every method: :class:`trio.BrokenResourceError` when the
+    peer or the network ended the connection (translated ``from`` the library's
+    own exception), :class:`trio.ClosedResourceError` after :meth:`aclose`.
+    :meth:`receive_frame` also raises :class:`FrameTooLarge` for an incoming
+    frame over the limit (before reading it) and :class:`MalformedFrame` for
+    input that is not a frame at all.
+    """
+
+    remote: str
+    """The peer's network address, for logs (``"127.0.0.1:52341"``)."""
+
+    @abc.abstractmethod
+    async def send_frame(self, frame: bytes) -> None:
+        """Send one data frame."""
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Send several data frames in order (override to coalesce writes)."""
+        for frame in frames:
+            await self.send_frame(frame)
+
+    @abc.abstractmethod
+    async def receive_frame(self) -> bytes:
+        """Receive the next data frame (answering liveness pings on the way)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return once the peer has answered a liveness ping.
+
+        It may rely on a concurrent :meth:`receive_frame` call to see the
+        answer; the transport always runs one.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection, waiting only briefly for a graceful goodbye."""
+
+
+StreamHandler: TypeAlias = Callable[[FrameStream], Awaitable[None]]
+"""``await handler(stream)``: run one accepted connection until it ends."""
+
+
+@attrs.define
+class _Counters:
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    connections_open: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    auth_failures: int = 0
+    version_mismatches: int = 0
+    oversize_frames: int = 0
+    heartbeat_failures: int = 0
+    frames_lost: int = 0
+
+
+@final
+class _Peer:
+    """What we know about one peer, and its outgoing connection."""
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        self.outbox: trio.MemorySendChannel[bytes] | None = None
+        """Where ``send`` queues frames while the outgoing connection is up."""
+        self.task: trio.CancelScope | None = None
+        self.removed = False
+        self.last_error: BaseException | None = None
+        self.changed = trio.Event()
+
+    def notify(self) -> None:
+        """Wake every ``send`` waiting for this peer's connection to change."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@final
+class _Ending:
+    """How a connection's tasks end it: the first one to finish records why."""
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.reason = ""
+
+    def end(self, reason: str) -> None:
+        if not self.reason:
+            self.reason = reason
+        self.scope.cancel()
+
+
+async def _close_quietly(stream: FrameStream) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await stream.aclose()
+
+
+async def _drive(stream: FrameStream, machine: ClientHandshake | ServerHandshake) -> PeerInfo:
+    """Run a handshake machine over ``stream`` until it establishes or fails."""
+    if isinstance(machine, ClientHandshake):
+        await stream.send_frame(machine.start())
+    while True:
+        actions = machine.receive(await stream.receive_frame())
+        failure = next((a.error for a in actions if isinstance(a, Failed)), None)
+        for action in actions:
+            match action:
+                case Send(message):
+                    try:
+                        await stream.send_frame(message)
+                    except _LOST:
+                        if failure is None:
+                            raise
+                        raise failure from None
+                case Established(peer):
+                    return peer
+                case Failed(error):
+                    raise error
+
+
+class StreamTransport(Transport):
+    """A :class:`Transport` over connections; subclasses supply the frame streams.
+
+    Args:
+      config: Limits, timeouts, the secret and TLS contexts.
+      advertise: The address peers should use to reach this node, if not the
+        one :meth:`serve_streams` reports (e.g. when listening on ``0.0.0.0``).
+      rng: Source of reconnect jitter (seed it for reproducible tests).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        *,
+        advertise: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        if advertise is not None:
+            self.check_address(advertise)
+            if len(advertise) > MAX_NAME_LENGTH:
+                raise ValueError(f"advertise must be at most {MAX_NAME_LENGTH} characters")
+        self._advertise = advertise
+        self._random = rng if rng is not None else random.Random()
+        self._counters = _Counters()
+        self._peers: dict[str, _Peer] = {}
+        self._incoming: dict[str, set[trio.CancelScope]] = {}
+        self._nursery: trio.Nursery | None = None  # set while serving, once listening
+        self._serving = False
+        self._ready = trio.Event()
+        self._node = ""
+        self._address = ""
+        self._deliver: Deliver | None = None
+
+    # -- hooks ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def check_address(self, address: str) -> None:
+        """Raise :class:`ValueError` unless ``address`` is one this transport can reach."""
+
+    @abc.abstractmethod
+    async def connect_stream(self, address: str, nursery: trio.Nursery) -> FrameStream:
+        """Open a client stream to ``address``.
+
+        Args:
+          address: A peer's address (already checked by :meth:`check_address`).
+          nursery: Where the stream may run background tasks; it is cancelled
+            after the stream has been closed.
+
+        Raises:
+          OSError: the connection could not be made.
+          trio.BrokenResourceError: the connection broke while being set up.
+        """
+
+    @abc.abstractmethod
+    async def serve_streams(
+        self,
+        handler: StreamHandler,
+        *,
+        task_status: trio.TaskStatus[str],
+    ) -> None:
+        """Accept connections until cancelled, calling ``await handler(stream)`` for each.
+
+        Close each stream after its handler returns. Report readiness with
+        ``task_status.started(address)``, the address at which peers reach us.
+        """
+
+    # -- Transport ------------------------------------------------------------------
+
+    async def serve(
+        self,
+        node: str,
+        deliver: Deliver,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen, connect, read, write and check liveness until cancelled.
+
+        See :meth:`Transport.serve`.
+
+        Raises:
+          LocalProtocolError: this transport is already serving.
+        """
+        if self._serving:
+            raise LocalProtocolError("this transport is already serving; create one per node")
+        if not 0 < len(node) <= MAX_NAME_LENGTH:
+            raise ValueError(f"a node name has 1 to {MAX_NAME_LENGTH} characters, not {node!r:.40}")
+        self._node = node
+        self._deliver = deliver
+        self._ready = trio.Event()
+        self._serving = True
+        try:
+            async with trio.open_nursery() as nursery:
+                address: str = await nursery.start(self.serve_streams, self._handle_incoming)
+                self._address = self._advertise or address
+                self._nursery = nursery
+                self._ready.set()
+                logger.debug("%s serving at %s", node, self._address)
+                task_status.started(self._address)
+        finally:
+            self._serving = False
+            self._nursery = None
+            for peer in self._peers.values():
+                peer.task = None
+                peer.outbox = None
+                peer.notify()
+
+    async def send(self, peer: str, frame: bytes) -> None:
+        """Queue ``frame`` for ``peer`` on a live connection. See :meth:`Transport.send`.
+
+        Raises:
+          FrameTooLarge: ``frame`` exceeds ``max_frame_size``.
+          NodeUnreachable: no address is known for ``peer``, the transport is not
+            serving, or no connection came up within ``connect_timeout``.
+        """
+        if len(frame) > self.config.max_frame_size:
+            raise FrameTooLarge(
+                f"frame of {len(frame)} bytes exceeds max_frame_size={self.config.max_frame_size}; "
+                "send smaller messages or raise the limit on every node"
+            )
+        if self._nursery is None:
+            raise NodeUnreachable(f"cannot send to {peer!r}: this transport is not serving")
+        entry = self._peers.get(peer)
+        if entry is None:
+            raise NodeUnreachable(f"no address known for node {peer!r}; call add_peer() first")
+        deadline: float | None = None
+        while True:
+            outbox = entry.outbox
+            if outbox is not None:
+                try:
+                    await outbox.send(frame)
+                except trio.BrokenResourceError:
+                    continue  # that connection broke while we waited for room
+                return
+            if entry.removed or self._nursery is None:
+                raise NodeUnreachable(f"node {peer!r} was removed or this transport stopped")
+            self._ensure_task(entry)
+            if deadline is None:
+                deadline = trio.current_time() + self.config.connect_timeout
+            with trio.move_on_at(deadline) as waiting:
+                while entry.outbox is None and not entry.removed and self._nursery is not None:
+                    await entry.changed.wait()
+            if waiting.cancelled_caught:
+                error = entry.last_error
+                detail = f" (last error: {error!r})" if error is not None else ""
+                raise NodeUnreachable(
+                    f"no connection to node {peer!r} at {entry.address} within "
+                    f"connect_timeout={self.config.connect_timeout} s{detail}"
+                ) from error
+
+    def add_peer(self, peer: str, address: str) -> None:
+        """Remember where ``peer`` is; a new address closes the connection to the old one.
+
+        Raises:
+          ValueError: this transport cannot reach ``address``.
+        """
+        self.check_address(address)
+        entry = self._peers.get(peer)
+        if entry is None:
+            self._peers[peer] = _Peer(peer, address)
+        elif entry.address != address:
+            entry.address = address
+            self._stop_task(entry)
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget ``peer`` and close our connections with it, both directions.
+
+        If the peer is alive it may connect again, which adds it back.
+        """
+        entry = self._peers.pop(peer, None)
+        if entry is not None:
+            entry.removed = True
+            self._stop_task(entry)
+        for scope in list(self._incoming.get(peer, ())):
+            scope.cancel()
+
+    def peers(self) -> dict[str, str]:
+        """The known peers and their addresses."""
+        return {name: entry.address for name, entry in self._peers.items()}
+
+    def statistics(self) -> TransportStatistics:
+        """A snapshot of this transport's counters."""
+        return TransportStatistics(**attrs.asdict(self._counters))
+
+    # -- outgoing -------------------------------------------------------------------
+
+    def _ensure_task(self, entry: _Peer) -> None:
+        if entry.task is None and self._nursery is not None:
+            entry.task = trio.CancelScope()
+            self._nursery.start_soon(self._run_peer, entry, entry.task, name=f"peer {entry.name}")
+
+    def _stop_task(self, entry: _Peer) -> None:
+        if entry.task is not None:
+            entry.task.cancel()
+            entry.task = None
+        entry.outbox = None  # frames queued on it are lost, counted as its writer ends
+        entry.notify()
+
+    async def _run_peer(self, entry: _Peer, scope: trio.CancelScope) -> None:
+        """Keep one outgoing connection to ``entry`` up, reconnecting with backoff."""
+        config = self.config
+        attempt = 0
+        try:
+            with scope:
+                while True:
+                    if await self._connect_and_run(entry):
+                        attempt = 0
+                    ceiling = min(config.reconnect_max, config.reconnect_initial * 2**attempt)
+                    attempt = min(attempt + 1, _MAX_BACKOFF_EXPONENT)
+                    await trio.sleep(self._random.uniform(0, ceiling))
+        finally:
+            if entry.task is scope:
+                entry.task = None
+            entry.notify()
+
+    async def _connect_and_run(self, entry: _Peer) -> bool:
+        """Connect once and run the connection; return whether it came up."""
+        async with trio.open_nursery() as nursery:  # owns the stream's background tasks
+            try:
+                return await self._outgoing(entry, nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _outgoing(self, entry: _Peer, nursery: trio.Nursery) -> bool:
+        address = entry.address
+        machine = ClientHandshake(
+            node=self._node,
+            address=self._address,
+            secret=self.config.secret,
+            version=PROTOCOL_VERSION,
+        )
+        stream: FrameStream | None = None
+        try:
+            try:
+                with trio.fail_after(self.config.connect_timeout):
+                    stream = await self.connect_stream(address, nursery)
+                    info = await _drive(stream, machine)
+                if info.node != entry.name:
+                    raise NodeUnreachable(
+                        f"{address} is node {info.node!r}, not {entry.name!r}; "
+                        "update the address with add_peer()"
+                    )
+            except BaseException:
+                if stream is not None:
+                    await _close_quietly(stream)
+                raise
+        except _CONNECT_ERRORS as exc:
+            self._connect_failed(entry, address, exc)
+            return False
+
+        assert stream is not None
+        outbox, queue = trio.open_memory_channel[bytes](self.config.send_queue_size)
+        counters = self._counters
+        if entry.address == address and not entry.removed:
+            entry.outbox = outbox
+            entry.last_error = None
+            entry.notify()
+        counters.connects += 1
+        counters.connections_open += 1
+        logger.debug("%s connected to %s at %s", self._node, entry.name, address)
+        try:
+            reason = await self._run_connection(stream, entry.name, queue)
+            logger.info("connection to %s at %s ended: %s", entry.name, address, reason)
+        finally:
+            if entry.outbox is outbox:
+                entry.outbox = None
+                entry.notify()
+            counters.connections_open -= 1
+            counters.frames_lost += queue.statistics().current_buffer_used
+            queue.close()  # wakes senders blocked on the full queue
+            await _close_quietly(stream)
+        return True
+
+    def _count_rejection(self, exc: BaseException) -> None:
+        counters = self._counters
+        if isinstance(exc, AuthenticationFailed):
+            counters.auth_failures += 1
+        elif isinstance(exc, ProtocolVersionMismatch):
+            counters.version_mismatches += 1
+        elif isinstance(exc, FrameTooLarge):
+            counters.oversize_frames += 1
+
+    def _connect_failed(self, entry: _Peer, address: str, exc: BaseException) -> None:
+        self._counters.connect_failures += 1
+        self._count_rejection(exc)
+        entry.last_error = exc
+        if isinstance(exc, RemoteProtocolError | NodeUnreachable):
+            logger.warning(
+                "%s: connecting to %s at %s failed: %s", self._node, entry.name, address, exc
+            )
+        else:
+            logger.debug("%s: cannot connect to %s at %s: %r", self._node, entry.name, address, exc)
+
+    # -- incoming -------------------------------------------------------------------
+
+    async def _handle_incoming(self, stream: FrameStream) -> None:
+        """Authenticate an accepted connection, then read it until it ends."""
+        counters = self._counters
+        machine: ServerHandshake | None = None
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                await self._ready.wait()
+                machine = ServerHandshake(
+                    node=self._node,
+                    address=self._address,
+                    secret=self.config.secret,
+                    version=PROTOCOL_VERSION,
+                )
+                info = await _drive(stream, machine)
+            self.add_peer(info.node, info.address)
+        except (*_CONNECT_ERRORS, ValueError) as exc:
+            claimed = machine.claimed if machine is not None else None
+            who = repr(claimed.node) if claimed is not None else "an unknown node"
+            self._count_rejection(exc)
+            if isinstance(exc, RemoteProtocolError | ValueError):
+                logger.warning(
+                    "%s: rejected connection from %s at %s: %s", self._node, who, stream.remote, exc
+                )
+            else:
+                logger.debug(
+                    "%s: handshake with %s at %s failed: %r", self._node, who, stream.remote, exc
+                )
+            return
+
+        scope = trio.CancelScope()
+        scopes = self._incoming.setdefault(info.node, set())
+        scopes.add(scope)
+        counters.connections_open += 1
+        try:
+            with scope:
+                reason = await self._run_connection(stream, info.node, None)
+                logger.info("connection from %s at %s ended: %s", info.node, stream.remote, reason)
+        finally:
+            counters.connections_open -= 1
+            scopes.discard(scope)
+            if not scopes and self._incoming.get(info.node) is scopes:
+                del self._incoming[info.node]
+
+    # -- one connection -------------------------------------------------------------
+
+    async def _run_connection(
+        self,
+        stream: FrameStream,
+        peer: str,
+        queue: trio.MemoryReceiveChannel[bytes] | None,
+    ) -> str:
+        """Run reader, heartbeat and (outgoing) writer until one ends; return why."""
+        async with trio.open_nursery() as nursery:
+            ending = _Ending(nursery.cancel_scope)
+            nursery.start_soon(self._reader, stream, peer, ending)
+            nursery.start_soon(self._heartbeat, stream, peer, ending)
+            if queue is not None:
+                nursery.start_soon(self._writer, stream, queue, ending)
+        return ending.reason
+
+    async def _reader(self, stream: FrameStream, peer: str, ending: _Ending) -> None:
+        deliver = self._deliver
+        assert deliver is not None
+        counters = self._counters
+        try:
+            while True:
+                frame = await stream.receive_frame()
+                counters.frames_received += 1
+                counters.bytes_received += len(frame)
+                await deliver(peer, frame)
+        except FrameTooLarge as exc:
+            counters.oversize_frames += 1
+            logger.warning(
+                "%s: closing connection with %s at %s: %s", self._node, peer, stream.remote, exc
+            )
+            ending.end(f"oversize frame: {exc}")
+        except MalformedFrame as exc:
+            logger.warning(
+                "%s: closing connection with %s at %s: %s", self._node, peer, stream.remote, exc
+            )
+            ending.end(f"malformed input: {exc}")
+        except _LOST as exc:
+            ending.end(f"connection lost: {exc}")
+
+    async def _writer(
+        self, stream: FrameStream, queue: trio.MemoryReceiveChannel[bytes], ending: _Ending
+    ) -> None:
+        counters = self._counters
+        batch: list[bytes] = []
+        try:
+            while True:
+                batch = [await queue.receive()]
+                size = len(batch[0])
+                # Coalesce what is already queued into one write: fewer syscalls.
+                while len(batch) < _BATCH_FRAMES and size < _BATCH_BYTES:
+                    try:
+                        frame = queue.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    batch.append(frame)
+                    size += len(frame)
+                await stream.send_frames(batch)
+                counters.frames_sent += len(batch)
+                counters.bytes_sent += size
+                batch = []
+        except _LOST as exc:
+            ending.end(f"connection lost while sending: {exc}")
+        finally:
+            counters.frames_lost += len(batch)
+
+    async def _heartbeat(self, stream: FrameStream, peer: str, ending: _Ending) -> None:
+        config = self.config
+        try:
+            while True:
+                await trio.sleep(config.heartbeat_interval)
+                with trio.fail_after(config.heartbeat_timeout):
+                    await stream.ping()
+        except trio.TooSlowError:
+            self._counters.heartbeat_failures += 1
+            logger.warning(
+                "%s: %s at %s did not answer a ping within %s s; closing the connection",
+                self._node,
+                peer,
+                stream.remote,
+                config.heartbeat_timeout,
+            )
+            ending.end("heartbeat missed")
+        except _LOST as exc:
+            ending.end(f"connection lost: {exc}")

@@ -7,6 +7,7 @@ small timeouts; every one of them is guarded by a ``trio.fail_after``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import socket
@@ -19,6 +20,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from trio_websocket import WebSocketRequest, serve_websocket
 
 from trioactors._errors import FrameTooLarge, LocalProtocolError, NodeUnreachable
 from trioactors._wire._handshake import (
@@ -39,11 +41,11 @@ from trioactors.transports._stream import FrameStream, StreamTransport
 
 FAST = TransportConfig(
     secret=b"cluster secret",
-    connect_timeout=0.5,
+    connect_timeout=0.3,
     heartbeat_interval=0.2,
     heartbeat_timeout=1.0,
     reconnect_initial=0.02,
-    reconnect_max=0.2,
+    reconnect_max=0.1,
 )
 GUARD = 10  # seconds any one test may take before it counts as hung
 
@@ -499,3 +501,21 @@ async def test_tls_round_trip(
             with pytest.raises(NodeUnreachable):
                 await untrusting.transport.send("b", b"hi")
             assert [peer for peer, _ in b.inbox.frames] == ["a", "a"]
+
+
+async def test_websocket_upgrade_refused_is_unreachable_not_a_crash() -> None:
+    async def refuse(request: WebSocketRequest) -> None:
+        await request.reject(403, body=b"go away")
+
+    with trio.fail_after(GUARD):
+        async with serving() as start:
+            a = await start(WebSocketTransport(FAST), "a")
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(
+                    functools.partial(serve_websocket, refuse, "127.0.0.1", 0, None)
+                )
+                a.transport.add_peer("b", f"ws://127.0.0.1:{server.port}")
+                with pytest.raises(NodeUnreachable, match="refused"):
+                    await a.transport.send("b", b"hi")
+                nursery.cancel_scope.cancel()
+            assert a.transport.statistics().connect_failures >= 1

@@ -79,7 +79,16 @@ async def _narrate(events: ta.Subscription, out: list[str]) -> None:
 
 async def run_demo() -> list[str]:
     """Run the demo; return the event lines it printed (the tests check them)."""
-    logging.getLogger("trioactors").setLevel(logging.CRITICAL)  # events tell the story
+    log = logging.getLogger("trioactors")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # the events tell the story
+    try:
+        return await _run_demo()
+    finally:
+        log.setLevel(level)
+
+
+async def _run_demo() -> list[str]:
     seen: list[str] = []
     system = ta.ActorSystem("demo")
     print("1. A root supervisor (one_for_one, OTP's default intensity: at most 1 restart")

@@ -441,6 +441,7 @@ async def test_half_open_peer_is_detected_by_heartbeat(make: Make) -> None:
             a.transport.add_peer("b", b.address)
             for _ in range(50):  # enough to fill trio-websocket's message queue too
                 await a.transport.send("b", b"are you there?")
+                await trio.sleep(0)  # let the writer send each one alone (no batching)
             await stopped_reading.wait()
             await eventually(lambda: a.transport.statistics().heartbeat_failures >= 1)
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, final
 
 import attrs
 import trio
+from trio.lowlevel import checkpoint_if_cancelled
 
 from .._errors import (
     ActorCrashed,
@@ -68,6 +69,7 @@ class FrameCarrier(Protocol):
     """What a node needs from its transport (see ``trioactors.transports.Transport``)."""
 
     async def send(self, peer: str, frame: bytes) -> None: ...
+    def send_nowait(self, peer: str, frame: bytes) -> bool: ...
     def add_peer(self, peer: str, address: str) -> None: ...
     def peers(self) -> dict[str, str]: ...
 
@@ -220,9 +222,18 @@ class Node:
             "add_peer() (or let cluster membership find it), or configure routes"
         )
 
+    def _send_nowait(self, node: str, frame: bytes) -> bool:
+        """Hand a frame to a live connection with room; False if it would wait."""
+        if self.transport.send_nowait(self._next_hop(node), frame):
+            self._n.frames_out += 1
+            return True
+        return False
+
     async def _send(self, node: str, frame: bytes) -> None:
-        await self.transport.send(self._next_hop(node), frame)
-        self._n.frames_out += 1
+        await checkpoint_if_cancelled()
+        if not self._send_nowait(node, frame):  # no room or no connection yet
+            await self.transport.send(self._next_hop(node), frame)
+            self._n.frames_out += 1
 
     def _post(self, node: str, envelope: Envelope, *, raw: bool = False) -> None:
         """Queue an envelope for the outbox task (replies, errors, forwards)."""
@@ -242,6 +253,11 @@ class Node:
                 str(exc),
             )
             frame = self.codec.encode(error)
+        try:  # straight onto a live connection: no trip through the outbox task
+            if self._send_nowait(node, frame):
+                return
+        except NodeUnreachable:
+            pass  # the outbox task reports it
         self._outbox_send.send_nowait((node, frame))
 
     async def _pump_outbox(self) -> None:
@@ -280,18 +296,24 @@ class Node:
         self._n.frames_in += 1
         try:
             envelope = self.codec.decode(frame, structure=False)
-            target = Address.parse(envelope.to)
-        except (RemoteProtocolError, ValueError) as exc:
+        except RemoteProtocolError as exc:
             self._n.malformed_frames += 1
             logger.warning("%s: malformed frame from %s: %s", self.name, peer, exc)
             return
-        if target.node != self.name:
+        name, _, node = envelope.to.rpartition("@")  # (validated where it matters)
+        if node != self.name:
+            try:
+                target = Address.parse(envelope.to)
+            except ValueError as exc:
+                self._n.malformed_frames += 1
+                logger.warning("%s: malformed frame from %s: %s", self.name, peer, exc)
+                return
             self._forward(peer, envelope, target)
             return
         if envelope.kind in (Kind.REPLY, Kind.ERROR):
             self._on_reply(peer, envelope)
             return
-        await self._on_request(peer, envelope, target)
+        await self._on_request(peer, envelope, name)
 
     def _forward(self, peer: str, envelope: Envelope, target: Address) -> None:
         if envelope.hops + 1 > self.max_hops:
@@ -332,19 +354,19 @@ class Node:
             self._n.late_replies += 1  # its ask timed out, or a duplicate
             return
         try:
-            typed = self.codec.structure(envelope)
+            payload = self.codec.structure(envelope)
         except RemoteProtocolError as exc:
             self._count_payload_error(peer, exc)
             reply.fail(exc)
             return
-        reply.succeed(typed.payload)
+        reply.succeed(payload)
 
-    async def _on_request(self, peer: str, envelope: Envelope, target: Address) -> None:
-        place = self.system._registry.get(target.name)
+    async def _on_request(self, peer: str, envelope: Envelope, name: str) -> None:
+        place = self.system._registry.get(name)
         if place is None:
             self._n.unknown_actors += 1
             try:  # record the message typed if we can, raw if we cannot
-                message = self.codec.structure(envelope).payload
+                message = self.codec.structure(envelope)
             except RemoteProtocolError:
                 message = envelope.payload
             self.system._dead_letter(envelope.to, message, None, "unknown actor")
@@ -352,17 +374,17 @@ class Node:
                 peer,
                 envelope,
                 "ActorNotFound",
-                f"no actor named {target.name!r} on node {self.name!r}",
+                f"no actor named {name!r} on node {self.name!r}",
             )
             return
         try:
-            typed = self.codec.structure(envelope)
+            payload = self.codec.structure(envelope)
         except RemoteProtocolError as exc:
             self._count_payload_error(peer, exc)
             self._refuse(peer, envelope, type(exc).__name__, str(exc))
             return
         reply = _RemoteReply(self, envelope) if envelope.kind is Kind.ASK else None
-        letter = Letter(typed.payload, self._sender_ref(envelope.sender), reply, ())
+        letter = Letter(payload, self._sender_ref(envelope.sender), reply, ())
         if place.mailbox.try_put(letter):
             return
         try:
@@ -419,9 +441,8 @@ class _RemoteReply:
         self._done = True
         request = self._request
         assert request.sender is not None
-        back = Address.parse(request.sender)
         reply = Envelope(Kind.REPLY, request.sender, request.to, 0, request.id, "", value)
-        self._node._post(back.node, reply)
+        self._node._post(request.sender.rpartition("@")[2], reply)
 
     def fail(self, error: BaseException) -> None:
         if self._done or self._request.sender is None:
@@ -486,10 +507,21 @@ class _RemoteRef(ActorRef[M]):
         frame = self._envelope(Kind.ASK, message, id_)
         reply = _Reply(self._text, message, timeout)
         node._pending[id_] = reply
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        timer = node.system._timer
         try:
+            await checkpoint_if_cancelled()
+            sent = node._send_nowait(self._address.node, frame)
+            if sent and timeout is not None and timer is not None and timer.watch(reply, timeout):
+                # Sent without waiting: the system's timer bounds the wait for
+                # the reply (see _deadlines.py), cheaper than a cancel scope.
+                try:
+                    return await reply.wait()
+                finally:
+                    timer.trim(timeout)
+            deadline = math.inf if timeout is None else trio.current_time() + timeout
             with trio.CancelScope(deadline=deadline):
-                await node._send(self._address.node, frame)
+                if not sent:
+                    await node._send(self._address.node, frame)
                 return await reply.wait()
             raise reply.timeout_error()
         finally:

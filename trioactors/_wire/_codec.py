@@ -294,11 +294,15 @@ class Codec:
             payload = data
         return Envelope(envelope_kind, to, sender, id_, correlation, tag, payload, hops)
 
-    def structure(self, envelope: Envelope) -> Envelope:
-        """Type the payload of an envelope decoded with ``structure=False``."""
+    def structure(self, envelope: Envelope) -> object:
+        """The typed payload of an envelope decoded with ``structure=False``.
+
+        Raises:
+          UnknownMessageType, InvalidPayload: as :meth:`decode`.
+        """
         if envelope.kind is Kind.ERROR:
-            return envelope
-        return attrs.evolve(envelope, payload=self._structure(envelope.tag, envelope.payload))
+            return envelope.payload
+        return self._structure(envelope.tag, envelope.payload)
 
     def _structure(self, tag: str, data: object) -> object:
         if tag == PLAIN:

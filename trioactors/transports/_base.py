@@ -137,6 +137,15 @@ class Transport(abc.ABC):
           FrameTooLarge: the frame exceeds ``max_frame_size``.
         """
 
+    def send_nowait(self, peer: str, frame: bytes) -> bool:
+        """Queue ``frame`` without waiting, if a live connection has room.
+
+        Returns False when it would have to wait or connect (then call
+        :meth:`send`), or when the transport has no such fast path. Size
+        limits apply as for :meth:`send`.
+        """
+        return False
+
     @abc.abstractmethod
     def add_peer(self, peer: str, address: str) -> None:
         """Remember where ``peer`` can be reached (replacing an older address)."""

@@ -329,6 +329,25 @@ class StreamTransport(Transport):
                 peer.outbox = None
                 peer.notify()
 
+    def _check_size(self, frame: bytes) -> None:
+        if len(frame) > self.config.max_frame_size:
+            raise FrameTooLarge(
+                f"frame of {len(frame)} bytes exceeds max_frame_size={self.config.max_frame_size}; "
+                "send smaller messages or raise the limit on every node"
+            )
+
+    def send_nowait(self, peer: str, frame: bytes) -> bool:
+        """Queue ``frame`` if ``peer``'s connection is up and has room. See :meth:`Transport.send_nowait`."""
+        self._check_size(frame)
+        entry = self._peers.get(peer)
+        if entry is None or entry.outbox is None:
+            return False
+        try:
+            entry.outbox.send_nowait(frame)
+        except (trio.WouldBlock, trio.BrokenResourceError):
+            return False
+        return True
+
     async def send(self, peer: str, frame: bytes) -> None:
         """Queue ``frame`` for ``peer`` on a live connection. See :meth:`Transport.send`.
 
@@ -337,16 +356,20 @@ class StreamTransport(Transport):
           NodeUnreachable: no address is known for ``peer``, the transport is not
             serving, or no connection came up within ``connect_timeout``.
         """
-        if len(frame) > self.config.max_frame_size:
-            raise FrameTooLarge(
-                f"frame of {len(frame)} bytes exceeds max_frame_size={self.config.max_frame_size}; "
-                "send smaller messages or raise the limit on every node"
-            )
+        self._check_size(frame)
         if self._nursery is None:
             raise NodeUnreachable(f"cannot send to {peer!r}: this transport is not serving")
         entry = self._peers.get(peer)
         if entry is None:
             raise NodeUnreachable(f"no address known for node {peer!r}; call add_peer() first")
+        outbox = entry.outbox
+        if outbox is not None:  # fast path: a live connection with room, no scheduling
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                outbox.send_nowait(frame)
+                return
+            except (trio.WouldBlock, trio.BrokenResourceError):
+                pass
         deadline: float | None = None
         while True:
             outbox = entry.outbox

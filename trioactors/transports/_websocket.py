@@ -1,4 +1,10 @@
-"""WebSocket transport: one binary message per frame, over trio-websocket.
+"""WebSocket transport: frames in binary websocket messages, over trio-websocket.
+
+Each message starts with one byte: 0 for a single frame (the rest of the
+message), 1 for a batch (then, for each frame, a 4-byte big-endian length and
+the frame). The writer sends a batch when several frames are queued, so a
+busy connection pays wsproto's per-message cost once per batch, not once per
+frame. A batch never exceeds ``max_frame_size`` bytes (nor 64 KiB).
 
 Liveness uses websocket pings (answered by trio-websocket's own reader task);
 closing waits at most ``disconnect_timeout`` for the peer's goodbye, instead
@@ -15,6 +21,7 @@ import contextlib
 import functools
 import ssl
 import urllib.parse
+from collections import deque
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -33,6 +40,7 @@ from ._stream import FrameStream, StreamHandler, StreamTransport
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Sequence
 
     from trio_websocket import Endpoint
 
@@ -42,6 +50,11 @@ __all__ = ["WebSocketTransport"]
 
 _MESSAGE_TOO_BIG: Final = 1009
 _RESOURCE: Final = "/"
+_SINGLE: Final = b"\x00"
+_BATCH: Final = b"\x01"
+_BATCH_LIMIT: Final = 64 * 1024
+_OVERHEAD: Final = 1
+"""Bytes a message adds to the frame it carries (the kind byte)."""
 
 
 def _join(host: str, port: int) -> str:
@@ -64,12 +77,16 @@ class _WebSocketFrameStream(FrameStream):
         *,
         remote: str,
         close_timeout: float,
+        max_frame_size: int,
         owned: trio.abc.AsyncResource | None = None,
     ) -> None:
         self.remote = remote
         self._ws = ws
         self._close_timeout = close_timeout
         self._owned = owned
+        self._max_frame_size = max_frame_size
+        self._batch_limit = min(max_frame_size, _BATCH_LIMIT)
+        self._received: deque[bytes] = deque()  # the rest of a batch
 
     def _lost(self, exc: ConnectionClosed) -> trio.BrokenResourceError:
         reason = exc.reason
@@ -81,12 +98,55 @@ class _WebSocketFrameStream(FrameStream):
         return trio.BrokenResourceError(f"websocket to {self.remote} closed: {reason}")
 
     async def send_frame(self, frame: bytes) -> None:
+        await self._send_message(_SINGLE + frame)
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        if len(frames) == 1:
+            await self._send_message(_SINGLE + frames[0])
+            return
+        parts = [_BATCH]
+        size = 1
+        for frame in frames:
+            if size + 4 + len(frame) > self._batch_limit and len(parts) > 1:
+                await self._send_message(b"".join(parts))
+                parts, size = [_BATCH], 1
+            parts += (len(frame).to_bytes(4, "big"), frame)
+            size += 4 + len(frame)
+        await self._send_message(b"".join(parts))
+
+    async def _send_message(self, message: bytes) -> None:
         try:
-            await self._ws.send_message(frame)
+            await self._ws.send_message(message)
         except ConnectionClosed as exc:
             raise self._lost(exc) from exc
 
     async def receive_frame(self) -> bytes:
+        if self._received:
+            return self._received.popleft()
+        message = await self._receive_message()
+        if not message:
+            raise MalformedFrame("peer sent an empty websocket message")
+        if message[0] == 0:
+            return message[1:]
+        if message[0] != 1:
+            raise MalformedFrame(f"peer sent a message of unknown kind {message[0]}")
+        view, offset, end = memoryview(message), 1, len(message)
+        while offset < end:
+            if offset + 4 > end:
+                raise MalformedFrame("peer sent a truncated batch")
+            size = int.from_bytes(view[offset : offset + 4], "big")
+            if size > self._max_frame_size:
+                raise FrameTooLarge(f"peer sent a frame of {size} bytes in a batch")
+            offset += 4
+            if offset + size > end:
+                raise MalformedFrame("peer sent a truncated batch")
+            self._received.append(bytes(view[offset : offset + size]))
+            offset += size
+        if not self._received:
+            raise MalformedFrame("peer sent an empty batch")
+        return self._received.popleft()
+
+    async def _receive_message(self) -> bytes:
         try:
             message = await self._ws.get_message()
         except ConnectionClosed as exc:
@@ -193,7 +253,11 @@ class WebSocketTransport(StreamTransport):
             await trio.aclose_forcefully(stream)
             raise
         return _WebSocketFrameStream(
-            ws, remote=_join(host, port), close_timeout=self.disconnect_timeout, owned=stream
+            ws,
+            remote=_join(host, port),
+            close_timeout=self.disconnect_timeout,
+            max_frame_size=self.config.max_frame_size,
+            owned=stream,
         )
 
     async def _client_session(
@@ -214,7 +278,7 @@ class WebSocketTransport(StreamTransport):
                     host,
                     resource,
                     message_queue_size=self.message_queue_size,
-                    max_message_size=self.config.max_frame_size,
+                    max_message_size=self.config.max_frame_size + _OVERHEAD,
                 )
                 started = True
                 task_status.started(ws)
@@ -241,7 +305,10 @@ class WebSocketTransport(StreamTransport):
             except ConnectionClosed:
                 return
             frames = _WebSocketFrameStream(
-                ws, remote=_remote_of(request.remote), close_timeout=close_timeout
+                ws,
+                remote=_remote_of(request.remote),
+                close_timeout=close_timeout,
+                max_frame_size=self.config.max_frame_size,
             )
             try:
                 await handler(frames)
@@ -259,7 +326,7 @@ class WebSocketTransport(StreamTransport):
                     self.port,
                     context,
                     message_queue_size=self.message_queue_size,
-                    max_message_size=self.config.max_frame_size,
+                    max_message_size=self.config.max_frame_size + _OVERHEAD,
                     connect_timeout=self.config.connect_timeout,
                     disconnect_timeout=close_timeout,
                 )

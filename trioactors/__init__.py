@@ -23,6 +23,7 @@ from ._errors import InvalidPayload as InvalidPayload
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MalformedFrame as MalformedFrame
 from ._errors import NameTaken as NameTaken
+from ._errors import NodeCrashed as NodeCrashed
 from ._errors import NodeUnreachable as NodeUnreachable
 from ._errors import NotSerializable as NotSerializable
 from ._errors import ProtocolVersionMismatch as ProtocolVersionMismatch

@@ -19,6 +19,7 @@ __all__ = [
     "LocalProtocolError",
     "MalformedFrame",
     "NameTaken",
+    "NodeCrashed",
     "NodeUnreachable",
     "NotSerializable",
     "ProtocolVersionMismatch",
@@ -178,3 +179,18 @@ class NotSerializable(LocalProtocolError, TypeError):
     registered attrs classes and plain JSON values (None, bool, int, float, str,
     lists and dicts of them) cross the wire.
     """
+
+
+class NodeCrashed(TrioactorsError):
+    """The fault plan crashed this node (``MemoryNetwork.crash``).
+
+    Raised out of ``MemoryTransport.serve``, so the node's nursery fails
+    as it would if the process died. Call ``MemoryNetwork.restart`` for a
+    fresh transport.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"node {node!r} was crashed by the fault plan")
+        self.node = node

@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
+from .._errors import NodeCrashed as NodeCrashed
 from ..transports._memory import MemoryNetwork as MemoryNetwork
 from ..transports._memory import MemoryNetworkStatistics as MemoryNetworkStatistics
 from ..transports._memory import MemoryTransport as MemoryTransport
-from ..transports._memory import NodeCrashed as NodeCrashed
 from ..transports._memory import Traced as Traced
 from ..transports._memory import TraceEvent as TraceEvent
 from ._transport_check import MakePair as MakePair

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._errors import NodeCrashed as NodeCrashed
 from ._base import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._base import Deliver as Deliver
 from ._base import Transport as Transport
@@ -10,7 +11,6 @@ from ._base import TransportStatistics as TransportStatistics
 from ._memory import MemoryNetwork as MemoryNetwork
 from ._memory import MemoryNetworkStatistics as MemoryNetworkStatistics
 from ._memory import MemoryTransport as MemoryTransport
-from ._memory import NodeCrashed as NodeCrashed
 from ._memory import Traced as Traced
 from ._memory import TraceEvent as TraceEvent
 from ._tcp import TcpTransport as TcpTransport

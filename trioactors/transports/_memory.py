@@ -69,7 +69,7 @@ import attrs
 import trio
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
-from .._errors import FrameTooLarge, LocalProtocolError, NodeUnreachable, TrioactorsError
+from .._errors import FrameTooLarge, LocalProtocolError, NodeCrashed, NodeUnreachable
 from ._base import Deliver, Transport, TransportConfig, TransportStatistics
 
 if TYPE_CHECKING:
@@ -79,7 +79,6 @@ __all__ = [
     "MemoryNetwork",
     "MemoryNetworkStatistics",
     "MemoryTransport",
-    "NodeCrashed",
     "TraceEvent",
     "Traced",
 ]
@@ -88,21 +87,6 @@ SCHEME = "memory://"
 _FAIRNESS = 128  # a serve loop yields at least this often while draining its inbox
 
 _Group = frozenset[str]
-
-
-class NodeCrashed(TrioactorsError):
-    """The fault plan crashed this node (:meth:`MemoryNetwork.crash`).
-
-    Raised out of :meth:`MemoryTransport.serve`, so the node's nursery fails
-    as it would if the process died. Call :meth:`MemoryNetwork.restart` for a
-    fresh transport.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, node: str) -> None:
-        super().__init__(f"node {node!r} was crashed by the fault plan")
-        self.node = node
 
 
 class Traced(enum.Enum):

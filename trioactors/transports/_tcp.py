@@ -10,13 +10,18 @@ is rejected from its header, before its body is read.
 Compared with the websocket transport there is no HTTP upgrade and no
 per-frame masking, so round trips are shorter. Trio enables ``TCP_NODELAY``
 on its TCP streams, and the writer coalesces queued frames into one
-``send_all``.
+``send_all``. On a plain (non-TLS) socket, an idle connection's frame is
+written by the sending task itself with one non-blocking ``os.write``
+(``send_frame_nowait``): no task switch, no cancellation point, nothing that
+can leave half a frame behind a cancellation. What the socket does not take
+is kept and written, before anything else, by the writer task.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import ssl
 import struct
 import urllib.parse
@@ -73,28 +78,68 @@ class _TcpFrameStream(FrameStream):
         self._stream = stream
         self._max_frame_size = max_frame_size
         self._send_lock = trio.StrictFIFOLock()  # writer, heartbeat and PONGs share the stream
+        # A plain socket can be written without blocking (send_frame_nowait); TLS cannot.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._unsent = b""  # the rest of a frame that send_frame_nowait wrote in part
         self._buffer = bytearray()
         self._position = 0
         self._pings: dict[int, trio.Event] = {}
         self._ping_counter = 0
         self._broken: BaseException | None = None
 
+    async def _lock(self) -> None:
+        # Uncontended, take the lock without yielding: the write (which is a
+        # checkpoint) then starts at once instead of one scheduler batch later.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+
     async def _send_all(self, data: bytes) -> None:
-        async with self._send_lock:
+        await self._lock()
+        try:
+            if self._unsent:
+                data, self._unsent = self._unsent + data, b""
             await self._stream.send_all(data)
+        finally:
+            self._send_lock.release()
 
     async def send_frame(self, frame: bytes) -> None:
-        header = _HEADER.pack(len(frame), _DATA)
-        if len(frame) < _LARGE:
-            await self._send_all(header + frame)
-        else:
-            async with self._send_lock:
-                await self._stream.send_all(header)
-                await self._stream.send_all(frame)
+        await self.send_frames((frame,))
+
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        socket = self._socket
+        if (
+            socket is None
+            or len(frame) >= _LARGE
+            or self._unsent
+            or self._send_lock.locked()
+            or self._broken is not None
+        ):
+            return False
+        fd = socket.fileno()
+        if fd < 0:  # closed
+            return False
+        data = _HEADER.pack(len(frame), _DATA) + frame
+        try:
+            written = os.write(fd, data)
+        except OSError:  # full (BlockingIOError), or broken: the writer task will see it
+            return False
+        if written < len(data):
+            self._unsent = data[written:]
+        return True
+
+    @property
+    def unsent(self) -> bool:
+        return bool(self._unsent)
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
-        async with self._send_lock:
+        await self._lock()
+        try:
             parts: list[bytes] = []
+            if self._unsent:  # the rest of an earlier frame goes first
+                parts.append(self._unsent)
+                self._unsent = b""
             for frame in frames:
                 parts.append(_HEADER.pack(len(frame), _DATA))
                 if len(frame) < _LARGE:
@@ -105,6 +150,8 @@ class _TcpFrameStream(FrameStream):
                     parts = []
             if parts:
                 await self._stream.send_all(b"".join(parts))
+        finally:
+            self._send_lock.release()
 
     async def receive_frame(self) -> bytes:
         while True:

@@ -81,7 +81,7 @@ async def open_node(
         node.address = await network.start(transport.serve, name, node._deliver)
         for peer, address in (peers or {}).items():
             transport.add_peer(peer, address)
-        network.start_soon(node._pump_outbox)
+        node._nursery = network
         async with open_supervisor(system=system, intensity=intensity, period=period) as root:
             node.root = root
             yield node

@@ -78,14 +78,14 @@ class SwimConfig:
         )
 
     def detection_time(self, cluster_size: int) -> float:
-        """Seconds from the first probe of a crashed member to its death.
+        """Seconds from a crash until the cluster declares the member dead.
 
-        One protocol period to become suspect, plus the suspicion timeout. In
-        a cluster every member probes someone each period, so a crashed member
-        is usually probed within a period of its crash; a single detector
-        reaches every member within two round-robin passes.
+        In a cluster every member probes someone each period, so a crashed
+        member is probed (and found silent) within about two periods; it is
+        then declared dead after the suspicion timeout. (A single detector on
+        its own reaches every member within two round-robin passes.)
         """
-        return self.protocol_period + self.suspicion_timeout(cluster_size)
+        return 2 * self.protocol_period + self.suspicion_timeout(cluster_size)
 
 
 @final
@@ -141,12 +141,12 @@ class SwimDetector:
             deadline = min(deadline, suspect_deadline)
         return deadline
 
-    def on_ack(self, target: str, seq: int, *, now: float) -> list[SwimAction]:
+    def on_ack(self, target: str, seq: int, *, now: float) -> list[MemberChanged]:
         """An ack (direct or relayed) for probe ``seq`` of ``target`` arrived."""
         probe = self._probe
         if probe is not None and probe.seq == seq and probe.target == target:
             probe.acked = True
-        return list(self.view.heard_from(target, now=now))
+        return self.view.heard_from(target, now=now)
 
     def on_time(self, now: float) -> list[SwimAction]:
         actions: list[SwimAction] = []
@@ -205,6 +205,15 @@ class SwimDetector:
                 del self._suspects[node]
                 actions += self.view.declare_dead(node, now=now)
         return actions
+
+    def note_member(self, node: str) -> None:
+        """A member became reachable: put it at a random place in this pass.
+
+        (As memberlist does: otherwise a member that joins just after a pass
+        was shuffled would wait for the whole pass before its first probe.)
+        """
+        if node != self.view.me and node not in self._order:
+            self._order.insert(self._rng.randint(0, len(self._order)), node)
 
     def note_suspect(self, node: str, *, now: float) -> None:
         """Gossip told us ``node`` is suspect: time its suspicion here too."""

@@ -9,7 +9,7 @@ import trio
 
 from .._core._supervision import Restart, Strategy
 from .._errors import ActorCrashed, ActorStopped, UnhandledMessage
-from ._actor import Actor, ActorRef, Letter, _frame, _Place
+from ._actor import Actor, ActorRef, Letter, ReplyTo, _frame, _Place
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -73,6 +73,20 @@ class ActorContext:
         self._children: Supervisor | None = None
         self.sender: ActorRef[object] | None = None
         """The sender of the message being handled (``None`` if sent from outside an actor)."""
+        self._reply: ReplyTo | None = None
+
+    def reply_later(self) -> ReplyTo | None:
+        """Take over the reply to the request being handled.
+
+        The handler's return value is then ignored; answer with
+        ``handle.succeed(value)`` or ``handle.fail(exception)`` later, e.g.
+        from a background task (``start_soon``), so that a slow answer does not
+        hold up the actor's other messages. Returns ``None`` for a ``tell``
+        (nobody waits) or if the reply was already taken. An asker whose
+        deadline passes first gets ``AskTimeout``; a late answer is dropped.
+        """
+        reply, self._reply = self._reply, None
+        return reply
 
     @property
     def name(self) -> str:
@@ -231,6 +245,7 @@ async def _serve_mailbox(
             continue
         message = letter.message
         context.sender = letter.sender
+        context._reply = letter.reply
         instance.current = message
         token = _frame.set((place, (*letter.chain, place))) if letter.chain else None
         try:
@@ -253,8 +268,8 @@ async def _serve_mailbox(
                 )
             raise
         else:
-            if letter.reply is not None:
-                letter.reply.succeed(result)
+            if context._reply is not None:  # (None: a tell, or reply_later() took it)
+                context._reply.succeed(result)
         finally:
             if token is not None:
                 _frame.reset(token)

@@ -71,6 +71,7 @@ class FrameCarrier(Protocol):
     async def send(self, peer: str, frame: bytes) -> None: ...
     def send_nowait(self, peer: str, frame: bytes) -> bool: ...
     def add_peer(self, peer: str, address: str) -> None: ...
+    def remove_peer(self, peer: str) -> None: ...
     def peers(self) -> dict[str, str]: ...
 
 
@@ -175,7 +176,12 @@ class Node:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Reply] = {}
         self._senders: dict[str, ActorRef[object]] = {}
-        self._outbox_send, self._outbox = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+        # Frames posted from synchronous code (replies, errors, forwards,
+        # tell_nowait) that could not go straight onto a connection: one queue
+        # and one sending task per destination, so an unreachable node only
+        # holds up its own frames.
+        self._outboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._nursery: trio.Nursery | None = None
         self._n = _Counters()
 
     @property
@@ -253,21 +259,32 @@ class Node:
                 str(exc),
             )
             frame = self.codec.encode(error)
-        try:  # straight onto a live connection: no trip through the outbox task
+        try:  # straight onto a live connection: no trip through an outbox task
             if self._send_nowait(node, frame):
                 return
         except NodeUnreachable:
             pass  # the outbox task reports it
-        self._outbox_send.send_nowait((node, frame))
+        self._queue(node, frame)
 
-    async def _pump_outbox(self) -> None:
-        """Send what was posted; its bound is the number of requests in flight."""
-        async for node, frame in self._outbox:
+    def _queue(self, node: str, frame: bytes) -> None:
+        outbox = self._outboxes.get(node)
+        if outbox is None:
+            if self._nursery is None:
+                self._n.replies_lost += 1
+                return
+            outbox, queue = trio.open_memory_channel[bytes](math.inf)
+            self._outboxes[node] = outbox
+            self._nursery.start_soon(self._pump, node, queue)
+        outbox.send_nowait(frame)  # its bound is the number of requests in flight
+
+    async def _pump(self, node: str, queue: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Send what was posted for ``node``, in order."""
+        async for frame in queue:
             try:
                 await self._send(node, frame)
             except NodeUnreachable as exc:
                 self._n.replies_lost += 1
-                logger.warning("%s: could not answer %s: %s", self.name, node, exc)
+                logger.warning("%s: could not send to %s: %s", self.name, node, exc)
 
     def _reply_address(self) -> str:
         current = _frame.get()[0]
@@ -499,7 +516,8 @@ class _RemoteRef(ActorRef[M]):
         node = self._node
         frame = self._envelope(Kind.TELL, message, next(node._ids))
         node._next_hop(self._address.node)  # unknown node: fail now, not later
-        node._outbox_send.send_nowait((self._address.node, frame))
+        if not node._send_nowait(self._address.node, frame):
+            node._queue(self._address.node, frame)
 
     async def _ask(self, message: object, timeout: float | None) -> object:
         node = self._node

@@ -717,6 +717,25 @@ class MemoryTransport(Transport):
             await link.lot.park()
         self.network._submit(link, frame if type(frame) is bytes else bytes(frame))
 
+    def send_nowait(self, peer: str, frame: bytes) -> bool:
+        """Queue ``frame`` on a live link with room; see :meth:`Transport.send_nowait`."""
+        if len(frame) > self.config.max_frame_size:
+            raise FrameTooLarge(
+                f"frame of {len(frame)} bytes exceeds max_frame_size={self.config.max_frame_size}"
+            )
+        target = self._peers.get(peer)
+        if target is None or self._state is not _State.SERVING:
+            return False
+        link = self._links.get(target)
+        if (
+            link is None
+            or not self.network._link_alive(link)
+            or link.queued >= self.config.send_queue_size
+        ):
+            return False
+        self.network._submit(link, frame if type(frame) is bytes else bytes(frame))
+        return True
+
     async def _connect(self, peer: str, target: str) -> _Link:
         # The fast path enters no cancel scope: that would cost more than the send.
         link = self._try_connect(peer, target)

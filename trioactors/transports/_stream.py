@@ -714,10 +714,13 @@ class StreamTransport(Transport):
                     if frame is not None:
                         batch.append(frame)
                         size += len(frame)
-                if batch or stream.unsent:  # (the rest of a partly written frame goes first)
-                    await stream.send_frames(batch)
+                # Counted when handed to the stream (the peer may see the frame
+                # before this task resumes); if the write fails they also count
+                # as lost.
                 counters.frames_sent += len(batch)
                 counters.bytes_sent += size
+                if batch or stream.unsent:  # (the rest of a partly written frame goes first)
+                    await stream.send_frames(batch)
                 batch = []
         except _LOST as exc:
             ending.end(f"connection lost while sending: {exc}")

@@ -1,0 +1,104 @@
+"""Membership on the in-memory transport under MockClock: join, detect, leave."""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+import trio
+import trio.testing
+
+import trioactors as ta
+from trioactors._core._membership import MemberState
+from trioactors._services._membership import Membership, MembershipConfig, start_membership
+from trioactors.transports import MemoryNetwork
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+async def run_member(
+    network: MemoryNetwork,
+    name: str,
+    seeds: dict[str, str],
+    members: dict[str, Membership],
+    task_status: trio.TaskStatus[trio.Event] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    stop = trio.Event()
+    try:
+        async with ta.open_node(name, transport=network.transport(name)) as node:
+            members[name] = await start_membership(
+                node, seeds=seeds, config=MembershipConfig(seed=zlib.crc32(name.encode()))
+            )
+            task_status.started(stop)
+            await stop.wait()
+    except ta.NodeCrashed:
+        pass  # the fault plan crashed this node
+
+
+async def until(members: list[Membership], condition: Callable[[Membership], bool]) -> None:
+    for m in members:
+        while not condition(m):
+            await m.wait_changed()
+
+
+async def test_join_detect_and_leave(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork(seed=7)
+    members: dict[str, Membership] = {}
+    with trio.fail_after(120):
+        async with network.running(), trio.open_nursery() as nursery:
+            stops = [await nursery.start(run_member, network, "a", {}, members)]
+            seeds = {"a": "memory://a"}
+            for name in "bcde":
+                stops.append(await nursery.start(run_member, network, name, seeds, members))
+            everyone = list(members.values())
+            await until(everyone, lambda m: len(m.alive()) == 5)
+            joined = trio.current_time()
+
+            # a crash is detected by every survivor and taken out of routing
+            network.crash("e")
+            crashed = trio.current_time()
+            survivors = [members[n] for n in "abcd"]
+            await until(survivors, lambda m: m.view.get("e").state is MemberState.DEAD)  # type: ignore[union-attr]
+            detected = trio.current_time() - crashed
+            swim = MembershipConfig().swim
+            assert detected <= swim.detection_time(5) + 2 * swim.protocol_period
+            for m in survivors:
+                assert "e" not in m.node.transport.peers()
+                assert m.alive() == ["a", "b", "c", "d"]
+
+            # a graceful leave
+            await members["d"].leave()
+            await until(
+                [members[n] for n in "abc"], lambda m: m.view.get("d").state is MemberState.LEFT
+            )  # type: ignore[union-attr]
+            assert members["a"].alive() == ["a", "b", "c"]
+            assert joined < 10
+            for stop in stops:
+                stop.set()
+
+
+async def test_names_are_discovered_cluster_wide(autojump_clock: trio.testing.MockClock) -> None:
+    class Worker(ta.Actor[str]):
+        async def receive(self, message: str) -> object:
+            return f"{message} from {self.context.system.name}"
+
+    network = MemoryNetwork(seed=8)
+    members: dict[str, Membership] = {}
+    with trio.fail_after(120):
+        async with network.running(), trio.open_nursery() as nursery:
+            stops = [await nursery.start(run_member, network, "a", {}, members)]
+            for name in "bc":
+                stops.append(
+                    await nursery.start(run_member, network, name, {"a": "memory://a"}, members)
+                )
+            for name in "bc":
+                await members[name].node.root.start_actor(Worker, name="worker")
+            a = members["a"]
+            while len(a.lookup("worker")) < 2:
+                await a.wait_changed()
+            refs = a.lookup("worker")
+            assert [r.address for r in refs] == ["worker@b", "worker@c"]
+            assert [await r.ask("hi") for r in refs] == ["hi from b", "hi from c"]
+            for stop in stops:
+                stop.set()

@@ -1,0 +1,1 @@
+"""Layer 4: services built from actors on nodes (membership, ...)."""

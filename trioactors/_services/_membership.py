@@ -1,0 +1,390 @@
+"""Cluster membership on a node: SWIM probing, push-pull gossip, name discovery.
+
+The decisions live in two pure machines (``_core/_membership.py``: who is in
+what state; ``_core/_swim.py``: whom to probe and when silence becomes
+suspicion and death). This module is the shell: one system actor per node,
+``$membership``, whose background tasks (supervised with it) run the probe
+and gossip loops and carry the machines' actions over the node's transport.
+
+Wire messages are registered attrs classes under ``$membership.*`` tags:
+
+- ``Probe`` (ask): "are you there?"; the reply is ``True``.
+- ``ProbeFor`` (ask): "probe ``target`` for me"; the reply says if it answered.
+- ``Sync`` (ask): push-pull anti-entropy; carries our claims and actor names,
+  the reply carries the receiver's.
+
+Effects of a changed claim: a reachable member's address is given to the
+transport (``add_peer``); a dead or departed one is removed from it
+(``remove_peer``: routing and the connection pool); every subscriber actor is
+told with a :class:`MemberChanged`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from typing import TYPE_CHECKING, final
+
+import attrs
+import trio
+
+from .._core._membership import Member, MemberChanged, MembershipView, MemberState
+from .._core._swim import Ping, PingReq, SwimConfig, SwimDetector
+from .._errors import TrioactorsError
+from .._runtime._actor import Actor, ActorRef, ReplyTo, Request
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .._runtime._node import Node
+
+__all__ = ["Membership", "MembershipConfig", "start_membership"]
+
+ACTOR = "$membership"
+
+
+@final
+@attrs.frozen
+class MembershipConfig:
+    """Membership settings (failure detection, gossip).
+
+    .. versionadded:: 0.1
+    """
+
+    swim: SwimConfig = attrs.field(factory=SwimConfig)
+    gossip_interval: float = 0.2
+    """Seconds between rounds that spread recent changes (memberlist ``GossipInterval``)."""
+    gossip_fanout: int = 3
+    """Members each round sends recent changes to (memberlist ``GossipNodes``)."""
+    retransmit_mult: int = 4
+    """Each change is sent ``retransmit_mult * ceil(log10(n + 1))`` times (``RetransmitMult``)."""
+    push_pull_interval: float = 30.0
+    """Seconds between full state exchanges with one random member (``PushPullInterval``)."""
+    seed: int | None = None
+    """Seed for the random choices (None: from the OS); fix it for simulations."""
+
+
+@attrs.frozen
+class _Claim:
+    node: str
+    address: str
+    state: int
+    incarnation: int
+
+
+@attrs.frozen
+class _Names:
+    node: str
+    version: int
+    names: list[str]
+
+
+@attrs.frozen
+class Probe(Request[bool]):
+    seq: int
+
+
+@attrs.frozen
+class ProbeFor(Request[bool]):
+    target: str
+    seq: int
+
+
+@attrs.frozen
+class Sync:
+    claims: list[_Claim]
+    names: list[_Names]
+
+
+@attrs.frozen
+class Gossip:
+    """Recent changes, told (no reply) to a few members each round."""
+
+    claims: list[_Claim]
+    names: list[_Names]
+
+
+def _register(node: Node) -> None:
+    registry = node.codec.registry
+    for cls in (Probe, ProbeFor, Sync, Gossip):
+        if registry.tag_of(cls) is None:
+            registry.register(cls, f"$membership.{cls.__name__}")
+
+
+def _wire(member: Member) -> _Claim:
+    return _Claim(member.node, member.address, int(member.state), member.incarnation)
+
+
+def _member(claim: _Claim) -> Member:
+    return Member(claim.node, claim.address, MemberState(claim.state), claim.incarnation)
+
+
+class _MembershipActor(Actor[Probe | ProbeFor | Sync | Gossip]):
+    def __init__(self, membership: Membership) -> None:
+        self.m = membership
+
+    async def on_start(self) -> None:
+        self.context.start_soon(self.m._probe_loop)
+        self.context.start_soon(self.m._gossip_loop)
+        self.context.start_soon(self.m._push_pull_loop)
+
+    async def receive(self, message: Probe | ProbeFor | Sync | Gossip) -> object:
+        m = self.m
+        match message:
+            case Probe():
+                return True
+            case ProbeFor(target, seq):
+                # answer from a background task: the probe may take up to the
+                # rest of a period, and other members' probes of us must not wait
+                reply = self.context.reply_later()
+                if reply is not None:
+                    self.context.start_soon(m._probe_for, reply, target, seq)
+                return None
+            case Sync():
+                m._absorb(message.claims, message.names)
+                return m._sync_message()
+            case Gossip():
+                m._absorb(message.claims, message.names)
+        return None
+
+
+@final
+class Membership:
+    """This node's view of the cluster; from :func:`start_membership`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, node: Node, config: MembershipConfig) -> None:
+        self.node = node
+        self.config = config
+        now = trio.current_time()
+        self._rng = random.Random(config.seed)
+        self.view = MembershipView(node.name, node.address, now=now)
+        self.detector = SwimDetector(self.view, config.swim, self._rng, now=now)
+        self._names: dict[str, _Names] = {}
+        self._my_names: list[str] = []
+        self._names_version = 0
+        self._subscribers: list[ActorRef[MemberChanged]] = []
+        # recent changes still to spread: node -> (claim, sends left)
+        self._claims_out: dict[str, tuple[_Claim, int]] = {}
+        self._names_out: dict[str, tuple[_Names, int]] = {}
+        self._changed = trio.Event()
+
+    # -- public --------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        """Every member we know of (ourselves included), sorted by name."""
+        return self.view.members()
+
+    def alive(self) -> list[str]:
+        """Names of the reachable members, ourselves included."""
+        return sorted([self.node.name, *self.view.reachable()])
+
+    def lookup(self, name: str) -> list[ActorRef[object]]:
+        """References to every actor registered as ``name`` on a reachable member."""
+        self._refresh_my_names()
+        nodes = [self.node.name, *self.view.reachable()]
+        return [
+            self.node.ref(f"{name}@{n}")
+            for n in sorted(nodes)
+            if n in self._names and name in self._names[n].names
+        ]
+
+    def subscribe(self, ref: ActorRef[MemberChanged]) -> None:
+        """Tell ``ref`` every :class:`MemberChanged` from now on."""
+        self._subscribers.append(ref)
+
+    async def wait_changed(self) -> None:
+        """Wait until the view or the known actor names change (no polling)."""
+        await self._changed.wait()
+
+    async def leave(self) -> None:
+        """Leave gracefully: tell a few members, who gossip it on."""
+        self._apply(self.view.leave(now=trio.current_time()))
+        message = self._sync_message()
+        async with trio.open_nursery() as nursery:
+            for peer in self._pick(self.config.gossip_fanout):
+                nursery.start_soon(self._sync_with, peer, message)
+
+    # -- loops -------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        detector = self.detector
+        async with trio.open_nursery() as probes:
+            while True:
+                await trio.sleep_until(detector.next_deadline())
+                for action in detector.on_time(trio.current_time()):
+                    match action:
+                        case Ping(target, seq):
+                            probes.start_soon(self._direct, target, seq)
+                        case PingReq(via, target, seq):
+                            probes.start_soon(self._indirect, via, target, seq)
+                        case MemberChanged():
+                            self._apply([action])
+
+    async def _direct(self, target: str, seq: int) -> None:
+        if await self._probe(target, seq, self.config.swim.probe_timeout):
+            self._apply(self.detector.on_ack(target, seq, now=trio.current_time()))
+
+    async def _indirect(self, via: str, target: str, seq: int) -> None:
+        swim = self.config.swim
+        try:
+            answered = await self.node.ref(f"{ACTOR}@{via}").ask(
+                ProbeFor(target, seq), timeout=swim.protocol_period - swim.probe_timeout
+            )
+        except TrioactorsError:
+            return
+        if answered is True:
+            self._apply(self.detector.on_ack(target, seq, now=trio.current_time()))
+
+    async def _probe_for(self, reply: ReplyTo, target: str, seq: int) -> None:
+        swim = self.config.swim
+        reply.succeed(await self._probe(target, seq, swim.protocol_period - swim.probe_timeout))
+
+    async def _probe(self, target: str, seq: int, timeout: float) -> bool:
+        try:
+            return await self.node.ref(f"{ACTOR}@{target}").ask(Probe(seq), timeout=timeout) is True
+        except TrioactorsError:
+            return False
+
+    async def _gossip_loop(self) -> None:
+        """Spread recent changes to a few members each round (one-way tells)."""
+        while True:
+            await trio.sleep(self.config.gossip_interval)
+            self._refresh_my_names()
+            message = self._take_gossip()
+            if message is None:
+                continue
+            for peer in self._pick(self.config.gossip_fanout):
+                # a lost rumour is sent again next round, or pulled by push-pull
+                with contextlib.suppress(TrioactorsError, trio.WouldBlock):
+                    self.node.ref(f"{ACTOR}@{peer}").tell_nowait(message)
+
+    async def _push_pull_loop(self) -> None:
+        """Exchange the whole state with one random member now and then."""
+        async with trio.open_nursery() as exchanges:
+            while True:
+                await trio.sleep(self.config.push_pull_interval)
+                for peer in self._pick(1):
+                    exchanges.start_soon(self._sync_with, peer, self._sync_message())
+
+    def _retransmits(self) -> int:
+        return self.config.retransmit_mult * max(1, math.ceil(math.log10(len(self.view) + 1)))
+
+    def _take_gossip(self) -> Gossip | None:
+        if not self._claims_out and not self._names_out:
+            return None
+        claims = [claim for claim, _ in self._claims_out.values()]
+        names = [names for names, _ in self._names_out.values()]
+        for pending in (self._claims_out, self._names_out):
+            for key, (item, left) in list(pending.items()):
+                if left <= 1:
+                    del pending[key]
+                else:
+                    pending[key] = (item, left - 1)  # type: ignore[assignment]
+        return Gossip(claims, names)
+
+    async def _sync_with(self, peer: str, message: Sync) -> None:
+        try:
+            reply = await self.node.ref(f"{ACTOR}@{peer}").ask(
+                message, timeout=self.config.swim.protocol_period
+            )
+        except TrioactorsError:
+            return
+        if isinstance(reply, Sync):
+            self._absorb(reply.claims, reply.names)
+
+    async def _join(self, seeds: Mapping[str, str]) -> None:
+        for name, address in seeds.items():
+            if name != self.node.name:
+                self._apply(self.view.join(name, address, now=trio.current_time()))
+        message = self._sync_message()
+        async with trio.open_nursery() as nursery:
+            for name in seeds:
+                if name != self.node.name:
+                    nursery.start_soon(self._sync_with, name, message)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _pick(self, k: int) -> list[str]:
+        reachable = self.view.reachable()
+        return self._rng.sample(reachable, min(k, len(reachable)))
+
+    def _refresh_my_names(self) -> None:
+        names = [n for n in self.node.system.names() if not n.startswith("$")]
+        if names != self._my_names or self.node.name not in self._names:
+            self._my_names = names
+            self._names_version += 1
+            mine = self._names[self.node.name] = _Names(self.node.name, self._names_version, names)
+            self._names_out[self.node.name] = (mine, self._retransmits())
+
+    def _sync_message(self) -> Sync:
+        self._refresh_my_names()
+        return Sync(
+            [_wire(m) for m in self.view.members()],
+            [n for node, n in self._names.items() if node in self.view],
+        )
+
+    def _absorb(self, claims: list[_Claim], names_list: list[_Names]) -> None:
+        now = trio.current_time()
+        self._apply(self.view.merge([_member(c) for c in claims], now=now))
+        for names in names_list:
+            if names.node == self.node.name:
+                continue
+            known = self._names.get(names.node)
+            if known is None or names.version > known.version:
+                self._names[names.node] = names
+                self._names_out[names.node] = (names, self._retransmits())
+                self._notify()
+
+    def _apply(self, changes: list[MemberChanged]) -> None:
+        if not changes:
+            return
+        transport = self.node.transport
+        now = trio.current_time()
+        for change in changes:
+            after = change.after
+            self._claims_out[after.node] = (_wire(after), self._retransmits())
+            if after.node == self.node.name:
+                continue
+            if after.reachable:
+                if transport.peers().get(after.node) != after.address:
+                    transport.add_peer(after.node, after.address)
+                if change.before is None or not change.before.reachable:
+                    self.detector.note_member(after.node)
+                if after.state is MemberState.SUSPECT:
+                    self.detector.note_suspect(after.node, now=now)
+            elif after.node in transport.peers():
+                transport.remove_peer(after.node)  # out of routing and the connection pool
+            for subscriber in self._subscribers:
+                # a subscriber that cannot keep up misses events; it can read members()
+                with contextlib.suppress(trio.WouldBlock, TrioactorsError):
+                    subscriber.tell_nowait(change)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+async def start_membership(
+    node: Node, *, seeds: Mapping[str, str] | None = None, config: MembershipConfig | None = None
+) -> Membership:
+    """Join the cluster through ``seeds`` and keep this node's view current.
+
+    Starts the ``$membership`` actor under ``node.root`` (its probe and gossip
+    loops run as its background tasks, supervised with it), then syncs with
+    the seeds. Every member learns of this node by gossip.
+
+    Args:
+      seeds: some members' names and addresses (``{"node-a": "ws://..."}``);
+        none for the first node.
+      config: failure detection and gossip settings (defaults: memberlist's).
+    """
+    _register(node)
+    membership = Membership(node, config or MembershipConfig())
+    await node.root.start_actor(_MembershipActor, membership, name=ACTOR)
+    await membership._join(seeds or {})
+    return membership

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 
+from ._core._membership import Member as Member
+from ._core._membership import MemberChanged as MemberChanged
+from ._core._membership import MemberState as MemberState
 from ._core._supervision import Backoff as Backoff
 from ._core._supervision import Restart as Restart
 from ._core._supervision import Strategy as Strategy
+from ._core._swim import SwimConfig as SwimConfig
 from ._errors import ActorCrashed as ActorCrashed
 from ._errors import ActorNotFound as ActorNotFound
 from ._errors import ActorStopped as ActorStopped
@@ -58,6 +62,9 @@ from ._runtime._system import EventsLost as EventsLost
 from ._runtime._system import Subscription as Subscription
 from ._runtime._system import SupervisorEscalated as SupervisorEscalated
 from ._runtime._system import SystemStatistics as SystemStatistics
+from ._services._membership import Membership as Membership
+from ._services._membership import MembershipConfig as MembershipConfig
+from ._services._membership import start_membership as start_membership
 from ._version import __version__ as __version__
 from ._wire._address import Address as Address
 from ._wire._codec import Codec as Codec

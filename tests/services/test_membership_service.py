@@ -61,8 +61,8 @@ async def test_join_detect_and_leave(autojump_clock: trio.testing.MockClock) -> 
             survivors = [members[n] for n in "abcd"]
             await until(survivors, lambda m: m.view.get("e").state is MemberState.DEAD)  # type: ignore[union-attr]
             detected = trio.current_time() - crashed
-            swim = MembershipConfig().swim
-            assert detected <= swim.detection_time(5) + 2 * swim.protocol_period
+            config = MembershipConfig()
+            assert detected <= config.detection_time(5) + 2 * config.swim.protocol_period
             for m in survivors:
                 assert "e" not in m.node.transport.peers()
                 assert m.alive() == ["a", "b", "c", "d"]

@@ -64,6 +64,19 @@ class MembershipConfig:
     seed: int | None = None
     """Seed for the random choices (None: from the OS); fix it for simulations."""
 
+    def dissemination_time(self, cluster_size: int) -> float:
+        """Seconds for a change to reach everyone by gossip: ``ceil(log_fanout(n))`` rounds."""
+        rounds = math.ceil(math.log(max(2, cluster_size)) / math.log(max(2, self.gossip_fanout)))
+        return rounds * self.gossip_interval
+
+    def detection_time(self, cluster_size: int) -> float:
+        """Seconds from a crash until every member has declared the member dead.
+
+        Found silent within about two protocol periods, declared dead after
+        the suspicion timeout, and that news gossiped to everyone.
+        """
+        return self.swim.detection_time(cluster_size) + self.dissemination_time(cluster_size)
+
 
 @attrs.frozen
 class _Claim:

@@ -13,6 +13,8 @@ from ..transports._memory import MemoryNetworkStatistics as MemoryNetworkStatist
 from ..transports._memory import MemoryTransport as MemoryTransport
 from ..transports._memory import Traced as Traced
 from ..transports._memory import TraceEvent as TraceEvent
+from ._cluster import SimulatedCluster as SimulatedCluster
+from ._cluster import open_simulated_cluster as open_simulated_cluster
 from ._transport_check import MakePair as MakePair
 from ._transport_check import TransportPair as TransportPair
 from ._transport_check import check_transport as check_transport

@@ -128,7 +128,9 @@ class SwimDetector:
         self._seq = 0
         self._order: list[str] = []
         self._probe: _Probe | None = None
-        self._period_start = now
+        # Periods start on a grid of protocol_period: in a simulation every
+        # node then wakes at the same instants (and a real clock loses nothing).
+        self._period_start = math.floor(now / config.protocol_period) * config.protocol_period
         self._suspects: dict[str, tuple[float, int]] = {}  # node -> (deadline, incarnation)
 
     def next_deadline(self) -> float:
@@ -159,7 +161,8 @@ class SwimDetector:
                 actions += changes
                 self._watch(probe.target, now)
             self._probe = probe = None
-            self._period_start = now
+            periods = math.floor((now - self._period_start) / config.protocol_period)
+            self._period_start += periods * config.protocol_period  # (skips any missed)
         if probe is None:
             target = self._next_target()
             if target is not None:

@@ -22,9 +22,10 @@ told with a :class:`MemberChanged`.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 import random
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 import attrs
 import trio
@@ -155,7 +156,12 @@ class _MembershipActor(Actor[Probe | ProbeFor | Sync | Gossip]):
                     self.context.start_soon(m._probe_for, reply, target, seq)
                 return None
             case Sync():
-                m._absorb(message.claims, message.names)
+                sender = self.context.sender
+                m._absorb(
+                    message.claims,
+                    message.names,
+                    synced_with=None if sender is None else sender.address.rpartition("@")[2],
+                )
                 return m._sync_message()
             case Gossip():
                 m._absorb(message.claims, message.names)
@@ -183,6 +189,7 @@ class Membership:
         # recent changes still to spread: node -> (claim, sends left)
         self._claims_out: dict[str, tuple[_Claim, int]] = {}
         self._names_out: dict[str, tuple[_Names, int]] = {}
+        self._gossip_pending = trio.Event()  # set while anything waits to be spread
         self._changed = trio.Event()
 
     # -- public --------------------------------------------------------------------
@@ -263,9 +270,17 @@ class Membership:
             return False
 
     async def _gossip_loop(self) -> None:
-        """Spread recent changes to a few members each round (one-way tells)."""
+        """Spread recent changes to a few members each round (one-way tells).
+
+        Rounds run on a grid of ``gossip_interval`` (so simulated nodes wake
+        together) and only while there is something to spread; our own actor
+        names are checked at least once a second.
+        """
+        interval = self.config.gossip_interval
         while True:
-            await trio.sleep(self.config.gossip_interval)
+            with trio.move_on_at(_next_tick(trio.current_time(), 1.0)):
+                await self._gossip_pending.wait()
+            await trio.sleep_until(_next_tick(trio.current_time(), interval))
             self._refresh_my_names()
             message = self._take_gossip()
             if message is None:
@@ -287,16 +302,14 @@ class Membership:
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(len(self.view) + 1)))
 
     def _take_gossip(self) -> Gossip | None:
+        """The freshest pending changes (at most ``GOSSIP_ITEMS`` of each kind)."""
         if not self._claims_out and not self._names_out:
+            self._gossip_pending = trio.Event()
             return None
-        claims = [claim for claim, _ in self._claims_out.values()]
-        names = [names for names, _ in self._names_out.values()]
-        for pending in (self._claims_out, self._names_out):
-            for key, (item, left) in list(pending.items()):
-                if left <= 1:
-                    del pending[key]
-                else:
-                    pending[key] = (item, left - 1)  # type: ignore[assignment]
+        claims = _take(self._claims_out)
+        names = _take(self._names_out)
+        if not self._claims_out and not self._names_out:
+            self._gossip_pending = trio.Event()
         return Gossip(claims, names)
 
     async def _sync_with(self, peer: str, message: Sync) -> None:
@@ -307,7 +320,7 @@ class Membership:
         except TrioactorsError:
             return
         if isinstance(reply, Sync):
-            self._absorb(reply.claims, reply.names)
+            self._absorb(reply.claims, reply.names, synced_with=peer)
 
     async def _join(self, seeds: Mapping[str, str]) -> None:
         for name, address in seeds.items():
@@ -332,6 +345,7 @@ class Membership:
             self._names_version += 1
             mine = self._names[self.node.name] = _Names(self.node.name, self._names_version, names)
             self._names_out[self.node.name] = (mine, self._retransmits())
+            self._gossip_pending.set()
 
     def _sync_message(self) -> Sync:
         self._refresh_my_names()
@@ -340,26 +354,49 @@ class Membership:
             [n for node, n in self._names.items() if node in self.view],
         )
 
-    def _absorb(self, claims: list[_Claim], names_list: list[_Names]) -> None:
+    def _absorb(
+        self, claims: list[_Claim], names_list: list[_Names], *, synced_with: str | None = None
+    ) -> None:
+        """Merge what a peer sent.
+
+        From gossip (``synced_with=None``) every change is news and is spread
+        on. From a full-state sync with ``synced_with``, only news about that
+        peer itself is spread, and changes to members we knew: the rest (all
+        the members a newcomer learns from its seed, say) the others know.
+        """
         now = trio.current_time()
-        self._apply(self.view.merge([_member(c) for c in claims], now=now))
+        known_before = set(self._names) if synced_with is not None else set()
+        members = [_member(c) for c in claims]
+        if synced_with is None:
+            self._apply(self.view.merge(members, now=now))
+        else:
+            changes = self.view.merge(members, now=now)
+            spread = [c for c in changes if c.node == synced_with or c.before is not None]
+            self._apply(changes, spread=spread)
         for names in names_list:
             if names.node == self.node.name:
                 continue
             known = self._names.get(names.node)
             if known is None or names.version > known.version:
                 self._names[names.node] = names
-                self._names_out[names.node] = (names, self._retransmits())
+                if synced_with is None or names.node == synced_with or names.node in known_before:
+                    self._names_out[names.node] = (names, self._retransmits())
+                    self._gossip_pending.set()
                 self._notify()
 
-    def _apply(self, changes: list[MemberChanged]) -> None:
+    def _apply(
+        self, changes: list[MemberChanged], *, spread: list[MemberChanged] | None = None
+    ) -> None:
+        """Carry out changed claims; gossip on those in ``spread`` (default: all)."""
         if not changes:
             return
         transport = self.node.transport
         now = trio.current_time()
+        for change in changes if spread is None else spread:
+            self._claims_out[change.node] = (_wire(change.after), self._retransmits())
+            self._gossip_pending.set()
         for change in changes:
             after = change.after
-            self._claims_out[after.node] = (_wire(after), self._retransmits())
             if after.node == self.node.name:
                 continue
             if after.reachable:
@@ -380,6 +417,27 @@ class Membership:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+GOSSIP_ITEMS = 32
+"""Most claims (and name lists) one gossip message carries; the freshest go first."""
+
+T = TypeVar("T")
+
+
+def _take(pending: dict[str, tuple[T, int]]) -> list[T]:
+    """Take the items with the most sends left, counting one send for each."""
+    chosen = heapq.nlargest(GOSSIP_ITEMS, pending.items(), key=lambda kv: kv[1][1])
+    for key, (item, left) in chosen:
+        if left <= 1:
+            del pending[key]
+        else:
+            pending[key] = (item, left - 1)
+    return [item for _, (item, _) in chosen]
+
+
+def _next_tick(now: float, interval: float) -> float:
+    return (math.floor(now / interval) + 1) * interval
 
 
 async def start_membership(

@@ -102,3 +102,29 @@ async def test_names_are_discovered_cluster_wide(autojump_clock: trio.testing.Mo
             assert [await r.ask("hi") for r in refs] == ["hi from b", "hi from c"]
             for stop in stops:
                 stop.set()
+
+
+async def test_subscribed_actors_are_told_of_changes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trioactors.testing import open_simulated_cluster
+
+    seen: list[tuple[str, MemberState]] = []
+    joined = trio.Event()
+
+    class Watcher(ta.Actor[ta.MemberChanged]):
+        async def receive(self, message: ta.MemberChanged) -> object:
+            seen.append((message.node, message.after.state))
+            if message.node == "late":
+                joined.set()
+            return None
+
+    with trio.fail_after(60):
+        async with open_simulated_cluster(3, seed=2) as cluster:
+            await cluster.wait_until(lambda m: len(m.alive()) == 3)
+            n0 = cluster.members["n0"]
+            watcher = await n0.node.root.start_actor(Watcher, name="watcher")
+            n0.subscribe(watcher)
+            await cluster.add("late")
+            await joined.wait()
+            assert ("late", MemberState.JOINING) in seen or ("late", MemberState.ALIVE) in seen

@@ -20,7 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"trioactors {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("demo", help="run a supervision tree that crashes, restarts and escalates")
+    commands.add_parser(
+        "demo",
+        help="a supervision tree that crashes, restarts and escalates; then a cluster of "
+        "node processes that loses one to SIGKILL and carries on",
+    )
     from ._nodecmd import add_arguments, run_node
 
     add_arguments(commands.add_parser("node", help="run a node with the example actors"))
@@ -29,9 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(run_node, args)
         return 0
     if args.command == "demo":
-        from ._demo import run_demo
+        from ._demo import run_cluster_demo, run_demo
 
         trio.run(run_demo)
+        trio.run(run_cluster_demo)
         return 0
     parser.print_help(sys.stderr)
     return 2

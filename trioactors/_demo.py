@@ -133,10 +133,110 @@ async def _run_demo() -> list[str]:
             print(f"\n   raised: SupervisorGaveUp: {exc}")
             print(f"   caused by: {exc.__cause__!r}")
         narrator.cancel_scope.cancel()
-    print("\nDone: every task of the tree has exited; nothing was left running.")
+    print("\n   The tree is gone: every one of its tasks has exited.")
     return seen
 
 
 async def _settle() -> None:
     # let the narrator print what happened so far (demo output only)
     await trio.testing.wait_all_tasks_blocked()
+
+
+# -- part two: a cluster of real processes ------------------------------------------
+
+
+async def run_cluster_demo() -> list[str]:
+    """Three node processes and this one: real work, a SIGKILL, recovery."""
+    import json
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import sys
+
+    from ._nodecmd import Add, Total, registry
+    from .transports import TransportConfig, WebSocketTransport
+
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    secret = secrets.token_hex(16)
+    env = {**os.environ, "TRIOACTORS_SECRET": secret}
+    processes: list[trio.Process] = []
+
+    async def start(name: str, *extra: str) -> str:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trioactors", "node", name, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        processes.append(process)
+        assert process.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(1)
+            if not chunk:
+                raise RuntimeError(f"{name} exited before it was ready")
+            line += chunk
+        address: str = json.loads(line)["address"]
+        return address
+
+    say("\n6. A cluster: three `trioactors node` processes on 127.0.0.1, and this one,")
+    say("   joined by gossip (SWIM failure detection, authenticated websockets).")
+    try:
+        with trio.fail_after(60):
+            first = await start("node-1")
+            for name in ("node-2", "node-3"):
+                await start(name, "--join", f"node-1={first}")
+            transport = WebSocketTransport(TransportConfig(secret=secret.encode()))
+            async with ta.open_node("demo", transport=transport, registry=registry) as node:
+                membership = await ta.start_membership(node, seeds={"node-1": first})
+                while len(membership.alive()) < 4:
+                    await membership.wait_changed()
+                while len(membership.lookup("account")) < 3:
+                    await membership.wait_changed()
+                say(f"   members: {', '.join(membership.alive())}")
+
+                accounts = membership.lookup("account")
+                for i in range(30):
+                    await accounts[i % len(accounts)].tell(Add(i + 1))
+                totals = [await a.ask(Total()) for a in accounts]
+                say(f"   30 deposits spread over {len(accounts)} accounts: totals {totals}")
+
+                say("\n7. Fault: node-3 is killed with SIGKILL in the middle of the work.")
+                processes[2].send_signal(signal.SIGKILL)
+                start_time = trio.current_time()
+                node3 = "node-3"
+                while (
+                    m := membership.view.get(node3)
+                ) is None or m.state is not ta.MemberState.DEAD:
+                    await membership.wait_changed()
+                say(
+                    f"   node-3 declared dead by the cluster after "
+                    f"{trio.current_time() - start_time:.1f} s and removed from routing"
+                )
+                accounts = membership.lookup("account")
+                for i in range(10):
+                    await accounts[i % len(accounts)].tell(Add(100))
+                totals = [await a.ask(Total()) for a in accounts]
+                say(
+                    f"   the work goes on with {', '.join(a.address for a in accounts)}: "
+                    f"totals {totals}"
+                )
+        say("\nDone: the cluster lost a node and carried on.")
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                assert process.stdin is not None
+                await process.stdin.aclose()
+        with trio.move_on_after(10):
+            for process in processes:
+                await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+    return lines

@@ -115,6 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=ADDRESS",
         help="a known node (repeatable)",
     )
+    parser.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="NAME=ADDRESS",
+        help="a seed to join the cluster through (repeatable); membership always runs",
+    )
     parser.add_argument("--transport", choices=["ws", "tcp"], default="ws")
     parser.add_argument("--wire-format", choices=["json", "msgpack"], default="json")
     parser.add_argument(
@@ -128,12 +135,8 @@ async def run_node(args: argparse.Namespace) -> None:
         secret = (await trio.Path(args.secret_file).read_bytes()).strip()
     else:
         secret = os.environ.get("TRIOACTORS_SECRET", "").encode()
-    peers = {}
-    for item in args.peer:
-        peer, sep, address = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--peer expects NAME=ADDRESS, not {item!r}")
-        peers[peer] = address
+    peers = _pairs(args.peer, "--peer")
+    seeds = _pairs(args.join, "--join")
     config = TransportConfig(secret=secret)
     transport_class = WebSocketTransport if args.transport == "ws" else TcpTransport
     transport = transport_class(config, host=args.host, port=args.port)
@@ -144,8 +147,19 @@ async def run_node(args: argparse.Namespace) -> None:
         await node.root.start_actor(EchoActor, name="echo")
         await node.root.start_actor(RelayActor, node, name="relay")
         await node.root.start_actor(SlowActor, name="slow")
+        await ta.start_membership(node, seeds=seeds)
         print(json.dumps({"name": node.name, "address": node.address}), flush=True)
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         async with stdin:
             while await stdin.receive_some():
                 pass
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        name, sep, address = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{option} expects NAME=ADDRESS, not {item!r}")
+        pairs[name] = address
+    return pairs

@@ -283,8 +283,16 @@ class Node:
             try:
                 await self._send(node, frame)
             except NodeUnreachable as exc:
-                self._n.replies_lost += 1
-                logger.warning("%s: could not send to %s: %s", self.name, node, exc)
+                # what waits behind it would fail the same way: drop it too
+                lost = 1
+                while True:
+                    try:
+                        queue.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    lost += 1
+                self._n.replies_lost += lost
+                logger.warning("%s: dropped %d frame(s) for %s: %s", self.name, lost, node, exc)
 
     def _reply_address(self) -> str:
         current = _frame.get()[0]

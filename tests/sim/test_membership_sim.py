@@ -21,7 +21,7 @@ def _quiet() -> object:
     logging.disable(logging.NOTSET)
 
 
-@pytest.mark.parametrize("size", [20, 100])
+@pytest.mark.parametrize("size", [20, 100, 200])
 async def test_join_spreads_and_a_crash_is_detected_by_all(
     autojump_clock: trio.testing.MockClock, size: int
 ) -> None:

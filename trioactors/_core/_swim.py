@@ -78,14 +78,16 @@ class SwimConfig:
         )
 
     def detection_time(self, cluster_size: int) -> float:
-        """Seconds from a crash until the cluster declares the member dead.
+        """Seconds from a crash until a member declares it dead, with high probability.
 
-        In a cluster every member probes someone each period, so a crashed
-        member is probed (and found silent) within about two periods; it is
-        then declared dead after the suspicion timeout. (A single detector on
-        its own reaches every member within two round-robin passes.)
+        Every member probes one member per period, so in a cluster a crashed
+        member escapes all probes of a period with probability about
+        ``1/e``; it is found within five periods except with probability about
+        ``e**-5`` (0.7%), suspected by the end of the next one, and declared
+        dead after the suspicion timeout. (A single detector on its own reaches
+        every member within two round-robin passes.)
         """
-        return 2 * self.protocol_period + self.suspicion_timeout(cluster_size)
+        return 6 * self.protocol_period + self.suspicion_timeout(cluster_size)
 
 
 @final

@@ -119,6 +119,7 @@ class MembershipView:
         self.me = me
         self._members: dict[str, Member] = {me: Member(me, address, MemberState.ALIVE, incarnation)}
         self.last_seen: dict[str, float] = {me: now}
+        self._reachable: list[str] | None = None
 
     # -- queries ------------------------------------------------------------------
 
@@ -148,8 +149,15 @@ class MembershipView:
         return sorted(n for n, m in self._members.items() if m.state in states)
 
     def reachable(self) -> list[str]:
-        """Names of the other members messages may be routed to, sorted."""
-        return sorted(n for n, m in self._members.items() if n != self.me and m.reachable)
+        """Names of the other members messages may be routed to, sorted.
+
+        Cached until the view changes: probing and gossip ask for it often.
+        """
+        if self._reachable is None:
+            self._reachable = sorted(
+                n for n, m in self._members.items() if n != self.me and m.reachable
+            )
+        return self._reachable
 
     # -- events -------------------------------------------------------------------
 
@@ -197,6 +205,7 @@ class MembershipView:
         if node != self.me:
             self._members.pop(node, None)
             self.last_seen.pop(node, None)
+            self._reachable = None
 
     # -- internals ------------------------------------------------------------------
 
@@ -211,6 +220,7 @@ class MembershipView:
         if current is not None and not claim.supersedes(current):
             return None
         self._members[claim.node] = claim
+        self._reachable = None
         return MemberChanged(claim.node, current, claim)
 
     def _about_me(self, claim: Member) -> MemberChanged | None:

@@ -225,13 +225,15 @@ class SwimDetector:
         self._watch(node, now)
 
     def _next_target(self) -> str | None:
-        reachable = set(self.view.reachable())
+        view = self.view
         while self._order:
             candidate = self._order.pop()
-            if candidate in reachable:
+            member = view.get(candidate)
+            if member is not None and member.reachable:
                 return candidate
+        reachable = view.reachable()
         if not reachable:
             return None
-        self._order = sorted(reachable)
+        self._order = list(reachable)  # (a copy: the view caches its list)
         self._rng.shuffle(self._order)
         return self._order.pop()

@@ -73,6 +73,7 @@ class FrameCarrier(Protocol):
     def add_peer(self, peer: str, address: str) -> None: ...
     def remove_peer(self, peer: str) -> None: ...
     def peers(self) -> dict[str, str]: ...
+    def address_of(self, peer: str) -> str | None: ...
 
 
 @final
@@ -218,7 +219,7 @@ class Node:
     # -- sending -----------------------------------------------------------------
 
     def _next_hop(self, node: str, *, came_from: str | None = None) -> str:
-        if node in self.transport.peers():
+        if self.transport.address_of(node) is not None:
             return node
         via = self.routes.get(node)
         if via is not None and via != came_from and via != self.name:

@@ -400,13 +400,13 @@ class Membership:
             if after.node == self.node.name:
                 continue
             if after.reachable:
-                if transport.peers().get(after.node) != after.address:
+                if transport.address_of(after.node) != after.address:
                     transport.add_peer(after.node, after.address)
                 if change.before is None or not change.before.reachable:
                     self.detector.note_member(after.node)
                 if after.state is MemberState.SUSPECT:
                     self.detector.note_suspect(after.node, now=now)
-            elif after.node in transport.peers():
+            elif transport.address_of(after.node) is not None:
                 transport.remove_peer(after.node)  # out of routing and the connection pool
             for subscriber in self._subscribers:
                 # a subscriber that cannot keep up misses events; it can read members()

@@ -158,6 +158,10 @@ class Transport(abc.ABC):
     def peers(self) -> dict[str, str]:
         """The known peers and their addresses."""
 
+    def address_of(self, peer: str) -> str | None:
+        """The address known for ``peer``, or ``None`` (override: called per send)."""
+        return self.peers().get(peer)
+
     @abc.abstractmethod
     def statistics(self) -> TransportStatistics:
         """A snapshot of this transport's counters."""

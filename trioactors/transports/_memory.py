@@ -802,6 +802,10 @@ class MemoryTransport(Transport):
         """The known peers and their ``memory://`` addresses."""
         return {peer: SCHEME + target for peer, target in self._peers.items()}
 
+    def address_of(self, peer: str) -> str | None:
+        target = self._peers.get(peer)
+        return None if target is None else SCHEME + target
+
     def statistics(self) -> TransportStatistics:
         """This transport's counters.
 

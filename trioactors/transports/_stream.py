@@ -482,6 +482,10 @@ class StreamTransport(Transport):
         """The known peers and their addresses."""
         return {name: entry.address for name, entry in self._peers.items()}
 
+    def address_of(self, peer: str) -> str | None:
+        entry = self._peers.get(peer)
+        return None if entry is None else entry.address
+
     def statistics(self) -> TransportStatistics:
         """A snapshot of this transport's counters."""
         return TransportStatistics(**attrs.asdict(self._counters))

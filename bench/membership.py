@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVarTuple
 
 import trio
 import trio.testing
@@ -22,9 +22,11 @@ from trioactors.testing import open_simulated_cluster
 from ._common import Result
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["WORKLOADS"]
+
+Ts = TypeVarTuple("Ts")
 
 SIZE: Final = int(os.environ.get("TRIOACTORS_BENCH_CLUSTER", "200"))
 """Cluster size of the scale lines; the goal is 1000 (TRIOACTORS_BENCH_CLUSTER=1000), which
@@ -102,14 +104,12 @@ async def _lossy(size: int, minutes: int) -> list[Result]:
     ]
 
 
-def _run(fn: Callable[..., object], *args: object) -> list[Result]:
+def _run(fn: Callable[[*Ts], Awaitable[list[Result]]], *args: *Ts) -> list[Result]:
     logging.disable(logging.WARNING)  # a crashed node makes its peers log every failed send
     try:
-        results = trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
+        return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
     finally:
         logging.disable(logging.NOTSET)
-    assert isinstance(results, list)
-    return results
 
 
 def membership(rounds: int) -> list[Result]:

@@ -31,7 +31,7 @@ from trioactors.transports import TcpTransport, Transport, TransportConfig, WebS
 from ._common import Result, best_of, latency, throughput, timed_run
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
 __all__ = ["WORKLOADS"]
 
@@ -107,8 +107,8 @@ async def _ours_tells(address: str, count: int) -> float:
             await account.tell(Add(1))
         after = await account.ask(Total())  # the last tell has been handled
         elapsed = time.perf_counter() - start
-        if after != before + count:  # type: ignore[operator]
-            raise RuntimeError(f"account grew by {after - before}, not {count}")  # type: ignore[operator]
+        if after != before + count:
+            raise RuntimeError(f"account grew by {after - before}, not {count}")
         return elapsed
 
 
@@ -180,55 +180,51 @@ async def _raw_pipelined(port: str, count: int) -> float:
 # -- workloads ---------------------------------------------------------------------------
 
 
-def remote_ask(rounds: int) -> list[Result]:
-    with _trioactors_node("ws") as ours, _process("bench._raw_ws") as port:
+def _versus(
+    rounds: int,
+    transport: str,
+    ours: Callable[[str], Awaitable[float]],
+    raw: Callable[[str], Awaitable[float]],
+) -> tuple[float, float]:
+    """Best times of ``ours(node address)`` and ``raw(port)``, servers started once."""
+    with _trioactors_node(transport) as address, _process("bench._raw_ws") as port:
         best = best_of(
             rounds,
-            {
-                "ours": lambda: timed_run(_ours_asks, ours, "ws", ASKS),
-                "raw": lambda: timed_run(_raw_echo, port, ASKS),
-            },
+            {"ours": lambda: timed_run(ours, address), "raw": lambda: timed_run(raw, port)},
         )
-    return [latency("remote_ask_roundtrip", ASKS, best["ours"], best["raw"])]
+    return best["ours"], best["raw"]
+
+
+def remote_ask(rounds: int) -> list[Result]:
+    ours, raw = _versus(
+        rounds, "ws", lambda a: _ours_asks(a, "ws", ASKS), lambda p: _raw_echo(p, ASKS)
+    )
+    return [latency("remote_ask_roundtrip", ASKS, ours, raw)]
 
 
 def remote_ask_tcp(rounds: int) -> list[Result]:
-    with _trioactors_node("tcp") as ours, _process("bench._raw_ws") as port:
-        best = best_of(
-            rounds,
-            {
-                "ours": lambda: timed_run(_ours_asks, ours, "tcp", ASKS),
-                "raw": lambda: timed_run(_raw_echo, port, ASKS),
-            },
-        )
-    return [latency("remote_ask_roundtrip_tcp", ASKS, best["ours"], best["raw"])]
+    ours, raw = _versus(
+        rounds, "tcp", lambda a: _ours_asks(a, "tcp", ASKS), lambda p: _raw_echo(p, ASKS)
+    )
+    return [latency("remote_ask_roundtrip_tcp", ASKS, ours, raw)]
 
 
 def remote_tell(rounds: int) -> list[Result]:
-    with _trioactors_node("ws") as ours, _process("bench._raw_ws") as port:
-        best = best_of(
-            rounds,
-            {
-                "ours": lambda: timed_run(_ours_tells, ours, TELLS),
-                "raw": lambda: timed_run(_raw_one_way, port, TELLS),
-            },
-        )
-    return [throughput("remote_tell_throughput", TELLS, best["ours"], best["raw"], "msg/s")]
+    ours, raw = _versus(
+        rounds, "ws", lambda a: _ours_tells(a, TELLS), lambda p: _raw_one_way(p, TELLS)
+    )
+    return [throughput("remote_tell_throughput", TELLS, ours, raw, "msg/s")]
 
 
 def remote_pipelined(rounds: int) -> list[Result]:
+    ours, raw = _versus(
+        rounds,
+        "ws",
+        lambda a: _ours_pipelined(a, PIPELINED),
+        lambda p: _raw_pipelined(p, PIPELINED),
+    )
     total = PIPELINED // WINDOW * WINDOW
-    with _trioactors_node("ws") as ours, _process("bench._raw_ws") as port:
-        best = best_of(
-            rounds,
-            {
-                "ours": lambda: timed_run(_ours_pipelined, ours, PIPELINED),
-                "raw": lambda: timed_run(_raw_pipelined, port, PIPELINED),
-            },
-        )
-    return [
-        throughput(f"remote_ask_pipelined_{WINDOW}", total, best["ours"], best["raw"], "asks/s")
-    ]
+    return [throughput(f"remote_ask_pipelined_{WINDOW}", total, ours, raw, "asks/s")]
 
 
 def _codec_loop(fmt: str) -> float:

@@ -41,7 +41,7 @@ from trioactors.transports._stream import FrameStream, StreamTransport
 
 FAST = TransportConfig(
     secret=b"cluster secret",
-    connect_timeout=0.3,
+    connect_timeout=1.0,  # generous: a loaded machine must not fail a good connect
     heartbeat_interval=0.2,
     heartbeat_timeout=1.0,
     reconnect_initial=0.02,
@@ -483,7 +483,8 @@ async def test_tls_round_trip(
     make: Make, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     server_ssl, client_ssl = tls_contexts
-    config = attrs.evolve(FAST, server_ssl=server_ssl, client_ssl=client_ssl)
+    # a TLS handshake on a loaded 2-core machine can take longer than FAST's 0.3 s
+    config = attrs.evolve(FAST, server_ssl=server_ssl, client_ssl=client_ssl, connect_timeout=5.0)
     with trio.fail_after(GUARD):
         async with serving() as start:
             a = await start(make(config), "a")
@@ -497,7 +498,9 @@ async def test_tls_round_trip(
             await b.transport.send("a", b"secret reply")
             assert await a.inbox.wait_for(1) == [("b", b"secret reply")]
             # A client that does not trust the server's certificate cannot connect.
-            untrusting = await start(make(attrs.evolve(config, client_ssl=None)), "c")
+            untrusting = await start(
+                make(attrs.evolve(config, client_ssl=None, connect_timeout=0.3)), "c"
+            )
             untrusting.transport.add_peer("b", b.address)
             with pytest.raises(NodeUnreachable):
                 await untrusting.transport.send("b", b"hi")

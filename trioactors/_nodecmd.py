@@ -10,7 +10,13 @@ the benchmarks and the demo talk to them across processes.
 
 The cluster secret comes from ``TRIOACTORS_SECRET`` or ``--secret-file``.
 Once serving, the command prints one JSON line ``{"name": ..., "address": ...}``
-and runs until its standard input closes, or until interrupted.
+and runs until its standard input closes, or until interrupted. With
+``--events`` it then prints one JSON line per membership change::
+
+    {"event": "member", "node": "node-3", "state": "dead", "incarnation": 0,
+     "address": "ws://127.0.0.1:40113", "time": 12.5}
+
+(``time`` is seconds since the node started.)
 """
 
 from __future__ import annotations
@@ -104,6 +110,25 @@ class SlowActor(ta.Actor[Sleep]):
         return "slept"
 
 
+class EventPrinter(ta.Actor[ta.MemberChanged]):
+    """Prints each membership change as a JSON line (``--events``)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+
+    async def receive(self, message: ta.MemberChanged) -> None:
+        member = message.after
+        line = {
+            "event": "member",
+            "node": member.node,
+            "state": member.state.name.lower(),
+            "incarnation": member.incarnation,
+            "address": member.address,
+            "time": round(trio.current_time() - self.started, 3),
+        }
+        print(json.dumps(line), flush=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="the node's name (actors are addressed actor@NAME)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on and advertise")
@@ -124,6 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--transport", choices=["ws", "tcp"], default="ws")
     parser.add_argument("--wire-format", choices=["json", "msgpack"], default="json")
+    parser.add_argument(
+        "--events", action="store_true", help="print membership changes as JSON lines"
+    )
     parser.add_argument(
         "--secret-file", help="file holding the cluster secret (else $TRIOACTORS_SECRET)"
     )
@@ -147,8 +175,18 @@ async def run_node(args: argparse.Namespace) -> None:
         await node.root.start_actor(EchoActor, name="echo")
         await node.root.start_actor(RelayActor, node, name="relay")
         await node.root.start_actor(SlowActor, name="slow")
-        await ta.start_membership(node, seeds=seeds)
+        membership = await ta.start_membership(node, seeds=seeds)
+        printer = None
+        if args.events:
+            printer = await node.root.start_actor(
+                EventPrinter, trio.current_time(), name="$events", mailbox_size=10_000
+            )
+            membership.subscribe(printer)
         print(json.dumps({"name": node.name, "address": node.address}), flush=True)
+        if printer is not None:  # what we knew before subscribing, then every change
+            for member in membership.members():
+                if member.node != node.name:
+                    printer.tell_nowait(ta.MemberChanged(member.node, None, member))
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         async with stdin:
             while await stdin.receive_some():

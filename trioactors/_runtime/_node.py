@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Protocol, TypeVar, final
 
 import attrs
@@ -181,7 +182,7 @@ class Node:
         # tell_nowait) that could not go straight onto a connection: one queue
         # and one sending task per destination, so an unreachable node only
         # holds up its own frames.
-        self._outboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._outboxes: dict[str, deque[bytes]] = {}  # frames waiting, per destination
         self._nursery: trio.Nursery | None = None
         self._n = _Counters()
 
@@ -261,10 +262,14 @@ class Node:
             )
             frame = self.codec.encode(error)
         try:  # straight onto a live connection: no trip through an outbox task
-            if self._send_nowait(node, frame):
-                return
+            self._send_or_queue(node, frame)
         except NodeUnreachable:
-            pass  # the outbox task reports it
+            self._queue(node, frame)  # the outbox task reports it
+
+    def _send_or_queue(self, node: str, frame: bytes) -> None:
+        """Send now if nothing waits for ``node`` and a connection has room; else queue."""
+        if node not in self._outboxes and self._send_nowait(node, frame):
+            return  # (frames already queued for the node must go first)
         self._queue(node, frame)
 
     def _queue(self, node: str, frame: bytes) -> None:
@@ -273,27 +278,29 @@ class Node:
             if self._nursery is None:
                 self._n.replies_lost += 1
                 return
-            outbox, queue = trio.open_memory_channel[bytes](math.inf)
-            self._outboxes[node] = outbox
-            self._nursery.start_soon(self._pump, node, queue)
-        outbox.send_nowait(frame)  # its bound is the number of requests in flight
+            outbox = self._outboxes[node] = deque()
+            self._nursery.start_soon(self._pump, node, outbox)
+        outbox.append(frame)  # its bound is the number of requests in flight
 
-    async def _pump(self, node: str, queue: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Send what was posted for ``node``, in order."""
-        async for frame in queue:
-            try:
-                await self._send(node, frame)
-            except NodeUnreachable as exc:
-                # what waits behind it would fail the same way: drop it too
-                lost = 1
-                while True:
-                    try:
-                        queue.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    lost += 1
-                self._n.replies_lost += lost
-                logger.warning("%s: dropped %d frame(s) for %s: %s", self.name, lost, node, exc)
+    async def _pump(self, node: str, outbox: deque[bytes]) -> None:
+        """Send what was queued for ``node``, in order; retire once it is all sent.
+
+        (A task per destination only while frames wait for a connection or for
+        room in one: a node that talks to thousands of peers keeps no idle tasks.)
+        """
+        try:
+            while outbox:
+                try:
+                    await self._send(node, outbox[0])
+                    outbox.popleft()
+                except NodeUnreachable as exc:
+                    # what waits behind it would fail the same way: drop it too
+                    lost = len(outbox)
+                    outbox.clear()
+                    self._n.replies_lost += lost
+                    logger.warning("%s: dropped %d frame(s) for %s: %s", self.name, lost, node, exc)
+        finally:
+            del self._outboxes[node]
 
     def _reply_address(self) -> str:
         current = _frame.get()[0]
@@ -518,15 +525,18 @@ class _RemoteRef(ActorRef[M]):
     async def tell(self, message: M) -> None:
         node = self._node
         frame = self._envelope(Kind.TELL, message, next(node._ids))
-        await node._send(self._address.node, frame)
+        if self._address.node in node._outboxes:  # behind what is queued, in order
+            await checkpoint_if_cancelled()
+            node._queue(self._address.node, frame)
+        else:
+            await node._send(self._address.node, frame)
 
     def tell_nowait(self, message: M) -> None:
         """Queue the message for sending by the node; a send failure is logged."""
         node = self._node
         frame = self._envelope(Kind.TELL, message, next(node._ids))
         node._next_hop(self._address.node)  # unknown node: fail now, not later
-        if not node._send_nowait(self._address.node, frame):
-            node._queue(self._address.node, frame)
+        node._send_or_queue(self._address.node, frame)
 
     async def _ask(self, message: object, timeout: float | None) -> object:
         node = self._node
@@ -537,7 +547,11 @@ class _RemoteRef(ActorRef[M]):
         timer = node.system._timer
         try:
             await checkpoint_if_cancelled()
-            sent = node._send_nowait(self._address.node, frame)
+            if self._address.node in node._outboxes:  # behind what is queued, in order
+                node._queue(self._address.node, frame)
+                sent = True
+            else:
+                sent = node._send_nowait(self._address.node, frame)
             if sent and timeout is not None and timer is not None and timer.watch(reply, timeout):
                 # Sent without waiting: the system's timer bounds the wait for
                 # the reply (see _deadlines.py), cheaper than a cancel scope.

@@ -21,6 +21,7 @@ Two formats: ``"json"`` (default; standard library ``json``) and
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar, final
 
@@ -174,6 +175,16 @@ def _configure(converter: cattrs.Converter) -> None:
     converter.register_structure_hook(bytes, _strict((bytes,)))
 
 
+@functools.cache
+def _converter(format: Format) -> cattrs.Converter:
+    if format == "json":
+        converter: cattrs.Converter = make_json_converter(forbid_extra_keys=True)
+    else:
+        converter = make_msgpack_converter(forbid_extra_keys=True)
+    _configure(converter)
+    return converter
+
+
 @final
 class Codec:
     """Encodes envelopes to frames and decodes frames to envelopes.
@@ -189,16 +200,17 @@ class Codec:
         self.registry = default_registry if registry is None else registry
         self.format = format
         if format == "json":
-            self.converter: cattrs.Converter = make_json_converter(forbid_extra_keys=True)
             self._dumps: Callable[[object], bytes] = _json_dumps
             self._loads: Callable[[bytes], object] = json.loads
         elif format == "msgpack":
-            self.converter = make_msgpack_converter(forbid_extra_keys=True)
             self._dumps = _msgpack_dumps
             self._loads = _msgpack_loads
         else:
             raise ValueError(f"unknown wire format {format!r}: use 'json' or 'msgpack'")
-        _configure(self.converter)
+        # One per format for the whole process: cattrs compiles a function per
+        # class on first use, and a process running many nodes (a simulated
+        # cluster) would otherwise compile them once per node.
+        self._converter = _converter(format)
 
     # -- encoding ----------------------------------------------------------------
 
@@ -239,7 +251,7 @@ class Codec:
         cls = type(payload)
         tag = self.registry.tag_of(cls)
         if tag is not None:
-            return tag, self.converter.unstructure(payload, cls)
+            return tag, self._converter.unstructure(payload, cls)
         if payload is None or cls in (bool, int, float, str, list, dict):
             return PLAIN, payload
         raise NotSerializable(
@@ -314,7 +326,7 @@ class Codec:
                 f"(known: {', '.join(self.registry.tags()[:10]) or 'none'})"
             )
         try:
-            return self.converter.structure(data, cls)
+            return self._converter.structure(data, cls)
         except cattrs.BaseValidationError as exc:
             details = "; ".join(cattrs.transform_error(exc))
             raise InvalidPayload(f"payload does not fit {tag!r}: {details}") from None

@@ -727,11 +727,10 @@ class MemoryTransport(Transport):
         if target is None or self._state is not _State.SERVING:
             return False
         link = self._links.get(target)
-        if (
-            link is None
-            or not self.network._link_alive(link)
-            or link.queued >= self.config.send_queue_size
-        ):
+        if link is None or not self.network._link_alive(link):
+            # connecting takes no time here when the peer is reachable
+            link = self._try_connect(peer, target)
+        if link is None or link.queued >= self.config.send_queue_size:
             return False
         self.network._submit(link, frame if type(frame) is bytes else bytes(frame))
         return True

@@ -21,15 +21,22 @@ def _quiet() -> object:
     logging.disable(logging.NOTSET)
 
 
+@pytest.mark.parametrize("size", [20, 100])
+async def test_a_cluster_forms_by_joins_through_one_seed(
+    autojump_clock: trio.testing.MockClock, size: int
+) -> None:
+    with trio.fail_after(120):
+        async with open_simulated_cluster(size, seed=size) as cluster:
+            await cluster.wait_until(lambda m: len(m.alive()) == size)
+
+
 @pytest.mark.parametrize("size", [20, 100, 200])
 async def test_join_spreads_and_a_crash_is_detected_by_all(
     autojump_clock: trio.testing.MockClock, size: int
 ) -> None:
     config = MembershipConfig(seed=size)
     with trio.fail_after(600):
-        async with open_simulated_cluster(size, seed=size, config=config) as cluster:
-            await cluster.wait_until(lambda m: len(m.alive()) == size)
-
+        async with open_simulated_cluster(size, seed=size, config=config, formed=True) as cluster:
             # a node joins a running cluster: every member learns of it
             start = trio.current_time()
             await cluster.add("newcomer")
@@ -47,6 +54,30 @@ async def test_join_spreads_and_a_crash_is_detected_by_all(
                 membership = cluster.members[name]
                 assert "n3" not in membership.node.transport.peers()
                 assert len(membership.alive()) == size
+
+
+async def test_a_healed_partition_rejoins(autojump_clock: trio.testing.MockClock) -> None:
+    size = 12
+    config = MembershipConfig(seed=7)
+    with trio.fail_after(600):
+        async with open_simulated_cluster(size, seed=7, config=config, formed=True) as cluster:
+            minority = ["n0", "n1", "n2"]
+            majority = [n for n in cluster.running() if n not in minority]
+            cluster.network.partition(minority)
+            # each side declares the other dead and takes it out of routing
+            await cluster.wait_until(
+                lambda m: all(
+                    m.view.get(other).state is MemberState.DEAD  # type: ignore[union-attr]
+                    for other in (majority if m.node.name in minority else minority)
+                )
+            )
+            for name in majority:
+                assert not set(minority) & set(cluster.members[name].node.transport.peers())
+            cluster.network.heal()
+            # within a reconnect interval (plus gossip), everyone is back
+            start = trio.current_time()
+            await cluster.wait_until(lambda m: len(m.alive()) == size)
+            assert trio.current_time() - start <= config.reconnect_interval + 10
 
 
 async def test_no_false_deaths_under_message_loss(autojump_clock: trio.testing.MockClock) -> None:

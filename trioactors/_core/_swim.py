@@ -128,7 +128,8 @@ class SwimDetector:
         self.config = config
         self._rng = rng
         self._seq = 0
-        self._order: list[str] = []
+        self._order: list[str] = []  # this pass's members still to probe, popped from the end
+        self._queued: set[str] = set()  # the same, for O(1) membership tests
         self._probe: _Probe | None = None
         # Periods start on a grid of protocol_period: in a simulation every
         # node then wakes at the same instants (and a real clock loses nothing).
@@ -217,8 +218,9 @@ class SwimDetector:
         (As memberlist does: otherwise a member that joins just after a pass
         was shuffled would wait for the whole pass before its first probe.)
         """
-        if node != self.view.me and node not in self._order:
+        if node != self.view.me and node not in self._queued:
             self._order.insert(self._rng.randint(0, len(self._order)), node)
+            self._queued.add(node)
 
     def note_suspect(self, node: str, *, now: float) -> None:
         """Gossip told us ``node`` is suspect: time its suspicion here too."""
@@ -228,6 +230,7 @@ class SwimDetector:
         view = self.view
         while self._order:
             candidate = self._order.pop()
+            self._queued.discard(candidate)
             member = view.get(candidate)
             if member is not None and member.reachable:
                 return candidate
@@ -236,4 +239,6 @@ class SwimDetector:
             return None
         self._order = list(reachable)  # (a copy: the view caches its list)
         self._rng.shuffle(self._order)
-        return self._order.pop()
+        target = self._order.pop()
+        self._queued = set(self._order)
+        return target

@@ -8,8 +8,13 @@ and gossip loops and carry the machines' actions over the node's transport.
 
 Wire messages are registered attrs classes under ``$membership.*`` tags:
 
-- ``Probe`` (ask): "are you there?"; the reply is ``True``.
-- ``ProbeFor`` (ask): "probe ``target`` for me"; the reply says if it answered.
+- ``Ping`` (tell): "are you there?"; answered with an ``Ack`` (tell) sent to
+  ``origin``, or through ``via`` when the ping was relayed.
+- ``PingReq`` (tell): "ping ``target`` for ``origin``"; the helper sends a
+  ``Ping`` naming itself as ``via`` and forwards the ``Ack`` (it keeps no
+  state). Probes are one-way messages rather than asks: the detector keeps
+  the time, so a probe costs two frames and no task, timer or cancel scope.
+- ``Gossip`` (tell): recent changes.
 - ``Sync`` (ask): push-pull anti-entropy; carries our claims and actor names,
   the reply carries the receiver's.
 
@@ -25,15 +30,16 @@ import contextlib
 import heapq
 import math
 import random
-from typing import TYPE_CHECKING, TypeVar, final
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, final
 
 import attrs
 import trio
 
+from .._core import _swim
 from .._core._membership import Member, MemberChanged, MembershipView, MemberState
-from .._core._swim import Ping, PingReq, SwimConfig, SwimDetector
+from .._core._swim import SwimConfig, SwimDetector
 from .._errors import TrioactorsError
-from .._runtime._actor import Actor, ActorRef, ReplyTo, Request
+from .._runtime._actor import Actor, ActorRef
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -62,6 +68,9 @@ class MembershipConfig:
     """Each change is sent ``retransmit_mult * ceil(log10(n + 1))`` times (``RetransmitMult``)."""
     push_pull_interval: float = 30.0
     """Seconds between full state exchanges with one random member (``PushPullInterval``)."""
+    reconnect_interval: float = 30.0
+    """Seconds between attempts to sync with one member held dead, so that the
+    two sides of a healed partition find each other again (Serf's ``reconnect_interval``)."""
     seed: int | None = None
     """Seed for the random choices (None: from the OS); fix it for simulations."""
 
@@ -95,14 +104,24 @@ class _Names:
 
 
 @attrs.frozen
-class Probe(Request[bool]):
+class Ping:
     seq: int
+    origin: str
+    via: str | None = None
 
 
 @attrs.frozen
-class ProbeFor(Request[bool]):
+class PingReq:
     target: str
     seq: int
+    origin: str
+
+
+@attrs.frozen
+class Ack:
+    seq: int
+    node: str
+    to: str
 
 
 @attrs.frozen
@@ -121,7 +140,7 @@ class Gossip:
 
 def _register(node: Node) -> None:
     registry = node.codec.registry
-    for cls in (Probe, ProbeFor, Sync, Gossip):
+    for cls in (Ping, PingReq, Ack, Sync, Gossip):
         if registry.tag_of(cls) is None:
             registry.register(cls, f"$membership.{cls.__name__}")
 
@@ -134,7 +153,10 @@ def _member(claim: _Claim) -> Member:
     return Member(claim.node, claim.address, MemberState(claim.state), claim.incarnation)
 
 
-class _MembershipActor(Actor[Probe | ProbeFor | Sync | Gossip]):
+_Message: TypeAlias = Ping | PingReq | Ack | Sync | Gossip
+
+
+class _MembershipActor(Actor[_Message]):
     def __init__(self, membership: Membership) -> None:
         self.m = membership
 
@@ -142,19 +164,23 @@ class _MembershipActor(Actor[Probe | ProbeFor | Sync | Gossip]):
         self.context.start_soon(self.m._probe_loop)
         self.context.start_soon(self.m._gossip_loop)
         self.context.start_soon(self.m._push_pull_loop)
+        self.context.start_soon(self.m._reconnect_loop)
 
-    async def receive(self, message: Probe | ProbeFor | Sync | Gossip) -> object:
+    async def receive(self, message: _Message) -> object:
         m = self.m
         match message:
-            case Probe():
-                return True
-            case ProbeFor(target, seq):
-                # answer from a background task: the probe may take up to the
-                # rest of a period, and other members' probes of us must not wait
-                reply = self.context.reply_later()
-                if reply is not None:
-                    self.context.start_soon(m._probe_for, reply, target, seq)
-                return None
+            case Ping(seq, origin, via):
+                m._heard_from_the_dead(via or origin)
+                m._tell(via or origin, Ack(seq, m.node.name, origin))
+            case PingReq(target, seq, origin):
+                m._heard_from_the_dead(origin)
+                m._tell(target, Ping(seq, origin, m.node.name))
+            case Ack(seq, node, to):
+                m._heard_from_the_dead(node)
+                if to == m.node.name:
+                    m._apply(m.detector.on_ack(node, seq, now=trio.current_time()))
+                else:
+                    m._tell(to, message)  # we relayed the ping: relay the answer
             case Sync():
                 sender = self.context.sender
                 m._absorb(
@@ -164,6 +190,8 @@ class _MembershipActor(Actor[Probe | ProbeFor | Sync | Gossip]):
                 )
                 return m._sync_message()
             case Gossip():
+                if (sender := self.context.sender) is not None:
+                    m._heard_from_the_dead(sender.address.rpartition("@")[2])
                 m._absorb(message.claims, message.names)
         return None
 
@@ -186,6 +214,9 @@ class Membership:
         self._my_names: list[str] = []
         self._names_version = 0
         self._subscribers: list[ActorRef[MemberChanged]] = []
+        self._seeds: dict[str, str] = {}
+        self._nudged: dict[str, float] = {}  # dead member -> when we last tried it
+        self._reconnects: trio.Nursery | None = None  # (the reconnect loop's)
         # recent changes still to spread: node -> (claim, sends left)
         self._claims_out: dict[str, tuple[_Claim, int]] = {}
         self._names_out: dict[str, tuple[_Names, int]] = {}
@@ -232,54 +263,34 @@ class Membership:
 
     async def _probe_loop(self) -> None:
         detector = self.detector
-        async with trio.open_nursery() as probes:
-            while True:
-                await trio.sleep_until(detector.next_deadline())
-                for action in detector.on_time(trio.current_time()):
-                    match action:
-                        case Ping(target, seq):
-                            probes.start_soon(self._direct, target, seq)
-                        case PingReq(via, target, seq):
-                            probes.start_soon(self._indirect, via, target, seq)
-                        case MemberChanged():
-                            self._apply([action])
+        me = self.node.name
+        while True:
+            await trio.sleep_until(detector.next_deadline())
+            self._refresh_my_names()
+            for action in detector.on_time(trio.current_time()):
+                match action:
+                    case _swim.Ping(target, seq):
+                        self._tell(target, Ping(seq, me))
+                    case _swim.PingReq(via, target, seq):
+                        self._tell(via, PingReq(target, seq, me))
+                    case MemberChanged():
+                        self._apply([action])
 
-    async def _direct(self, target: str, seq: int) -> None:
-        if await self._probe(target, seq, self.config.swim.probe_timeout):
-            self._apply(self.detector.on_ack(target, seq, now=trio.current_time()))
-
-    async def _indirect(self, via: str, target: str, seq: int) -> None:
-        swim = self.config.swim
-        try:
-            answered = await self.node.ref(f"{ACTOR}@{via}").ask(
-                ProbeFor(target, seq), timeout=swim.protocol_period - swim.probe_timeout
-            )
-        except TrioactorsError:
-            return
-        if answered is True:
-            self._apply(self.detector.on_ack(target, seq, now=trio.current_time()))
-
-    async def _probe_for(self, reply: ReplyTo, target: str, seq: int) -> None:
-        swim = self.config.swim
-        reply.succeed(await self._probe(target, seq, swim.protocol_period - swim.probe_timeout))
-
-    async def _probe(self, target: str, seq: int, timeout: float) -> bool:
-        try:
-            return await self.node.ref(f"{ACTOR}@{target}").ask(Probe(seq), timeout=timeout) is True
-        except TrioactorsError:
-            return False
+    def _tell(self, node: str, message: Ping | PingReq | Ack | Gossip) -> None:
+        """Send without waiting; a lost probe or rumour is what SWIM expects and handles."""
+        with contextlib.suppress(TrioactorsError, trio.WouldBlock):
+            self.node.ref(f"{ACTOR}@{node}").tell_nowait(message)
 
     async def _gossip_loop(self) -> None:
         """Spread recent changes to a few members each round (one-way tells).
 
         Rounds run on a grid of ``gossip_interval`` (so simulated nodes wake
-        together) and only while there is something to spread; our own actor
-        names are checked at least once a second.
+        together) and only while there is something to spread (our own actor
+        names are checked once a protocol period, by the probe loop).
         """
         interval = self.config.gossip_interval
         while True:
-            with trio.move_on_at(_next_tick(trio.current_time(), 1.0)):
-                await self._gossip_pending.wait()
+            await self._gossip_pending.wait()
             await trio.sleep_until(_next_tick(trio.current_time(), interval))
             self._refresh_my_names()
             message = self._take_gossip()
@@ -287,8 +298,7 @@ class Membership:
                 continue
             for peer in self._pick(self.config.gossip_fanout):
                 # a lost rumour is sent again next round, or pulled by push-pull
-                with contextlib.suppress(TrioactorsError, trio.WouldBlock):
-                    self.node.ref(f"{ACTOR}@{peer}").tell_nowait(message)
+                self._tell(peer, message)
 
     async def _push_pull_loop(self) -> None:
         """Exchange the whole state with one random member now and then."""
@@ -297,6 +307,55 @@ class Membership:
                 await trio.sleep(self.config.push_pull_interval)
                 for peer in self._pick(1):
                     exchanges.start_soon(self._sync_with, peer, self._sync_message())
+
+    async def _reconnect_loop(self) -> None:
+        """Now and then, try to sync with one member we hold dead (or with a seed).
+
+        After a partition heals, each side holds the other dead and out of
+        routing, and nothing else would ever contact it again. A member that
+        answers refutes its death (a higher incarnation) and is back; one that
+        does not is taken out of routing again. When no member is reachable
+        at all, the seeds we joined through are candidates too.
+        """
+        async with trio.open_nursery() as attempts:
+            self._reconnects = attempts
+            while True:
+                await trio.sleep(self.config.reconnect_interval)
+                view = self.view
+                candidates = {}
+                for name in view.in_state(MemberState.DEAD):
+                    member = view.get(name)
+                    assert member is not None
+                    candidates[name] = member.address
+                if not view.reachable():
+                    candidates.update(self._seeds)
+                if candidates:
+                    name = self._rng.choice(sorted(candidates))
+                    attempts.start_soon(self._reconnect, name, candidates[name])
+
+    def _heard_from_the_dead(self, node: str) -> None:
+        """A member we hold dead talks to us: sync with it, so it can refute.
+
+        (It was cut off, say, and has not heard of its death: nobody gossips
+        to a dead member. At most one attempt per member per protocol period.)
+        """
+        member = self.view.get(node)
+        if member is None or member.state is not MemberState.DEAD or self._reconnects is None:
+            return
+        now = trio.current_time()
+        if now < self._nudged.get(node, -math.inf) + self.config.swim.protocol_period:
+            return
+        self._nudged[node] = now
+        self._reconnects.start_soon(self._reconnect, node, member.address)
+
+    async def _reconnect(self, name: str, address: str) -> None:
+        transport = self.node.transport
+        if transport.address_of(name) is None:
+            transport.add_peer(name, address)
+        await self._sync_with(name, self._sync_message())
+        member = self.view.get(name)
+        if (member is None or not member.reachable) and transport.address_of(name) is not None:
+            transport.remove_peer(name)
 
     def _retransmits(self) -> int:
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(len(self.view) + 1)))
@@ -322,7 +381,17 @@ class Membership:
         if isinstance(reply, Sync):
             self._absorb(reply.claims, reply.names, synced_with=peer)
 
+    def _know(self, members: Mapping[str, str]) -> None:
+        now = trio.current_time()
+        claims = [
+            Member(name, address, MemberState.ALIVE, 0)
+            for name, address in members.items()
+            if name != self.node.name
+        ]
+        self._apply(self.view.merge(claims, now=now), spread=[])  # nothing new to anyone
+
     async def _join(self, seeds: Mapping[str, str]) -> None:
+        self._seeds = {n: a for n, a in seeds.items() if n != self.node.name}
         for name, address in seeds.items():
             if name != self.node.name:
                 self._apply(self.view.join(name, address, now=trio.current_time()))
@@ -340,7 +409,7 @@ class Membership:
 
     def _refresh_my_names(self) -> None:
         names = [n for n in self.node.system.names() if not n.startswith("$")]
-        if names != self._my_names or self.node.name not in self._names:
+        if names != self._my_names:  # (a node with no names has nothing to announce)
             self._my_names = names
             self._names_version += 1
             mine = self._names[self.node.name] = _Names(self.node.name, self._names_version, names)
@@ -441,7 +510,11 @@ def _next_tick(now: float, interval: float) -> float:
 
 
 async def start_membership(
-    node: Node, *, seeds: Mapping[str, str] | None = None, config: MembershipConfig | None = None
+    node: Node,
+    *,
+    seeds: Mapping[str, str] | None = None,
+    config: MembershipConfig | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> Membership:
     """Join the cluster through ``seeds`` and keep this node's view current.
 
@@ -453,9 +526,13 @@ async def start_membership(
       seeds: some members' names and addresses (``{"node-a": "ws://..."}``);
         none for the first node.
       config: failure detection and gossip settings (defaults: memberlist's).
+      known: members to put in the view as alive at once, without contacting
+        them or gossiping about them (a static member list, or a simulation
+        that starts from a formed cluster); probing checks them from then on.
     """
     _register(node)
     membership = Membership(node, config or MembershipConfig())
     await node.root.start_actor(_MembershipActor, membership, name=ACTOR)
+    membership._know(known or {})
     await membership._join(seeds or {})
     return membership

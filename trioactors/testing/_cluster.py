@@ -44,13 +44,14 @@ class SimulatedCluster:
         """Start node ``name`` and join it through ``seeds`` (default: the first node)."""
         if seeds is None:
             seeds = list(self.nodes)[:1]
-        membership: Membership = await self._nursery.start(self._run, name, seeds)
+        membership: Membership = await self._nursery.start(self._run, name, seeds, [])
         return membership
 
     async def _run(
         self,
         name: str,
         seeds: list[str],
+        known: list[str],
         task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         stop = self._stops[name] = trio.Event()
@@ -61,7 +62,10 @@ class SimulatedCluster:
             async with open_node(name, transport=self.network.transport(name)) as node:
                 self.nodes[name] = node
                 membership = await start_membership(
-                    node, seeds={s: f"memory://{s}" for s in seeds}, config=config
+                    node,
+                    seeds={s: f"memory://{s}" for s in seeds},
+                    config=config,
+                    known={k: f"memory://{k}" for k in known},
                 )
                 self.members[name] = membership
                 task_status.started(membership)
@@ -108,6 +112,7 @@ async def open_simulated_cluster(
     network: MemoryNetwork | None = None,
     config: MembershipConfig | None = None,
     prefix: str = "n",
+    formed: bool = False,
 ) -> AsyncIterator[SimulatedCluster]:
     """Start ``size`` nodes named ``n0``, ``n1``, ... on one in-memory network.
 
@@ -115,14 +120,28 @@ async def open_simulated_cluster(
     node has started (not once all know each other: use ``wait_until``).
     Deterministic for a given seed under ``trio.testing.MockClock``.
 
+    With ``formed=True`` every node starts knowing every other as alive (see
+    ``known`` in :func:`~trioactors.start_membership`), as if the cluster had
+    been running for a while: this skips the gossip of ``size`` simultaneous
+    joins, which costs ``O(size**2)`` merges of real work (minutes of real
+    time for a thousand nodes).
+
+    A big simulation keeps ``size**2`` member records alive; Python's cyclic
+    garbage collector rescans them all in every full collection. Calling
+    :func:`gc.freeze` once the cluster has formed takes them out of its way.
+
     .. versionadded:: 0.1
     """
     network = network or MemoryNetwork(seed=seed, latency=0.001, trace_limit=0)
     config = config or MembershipConfig(seed=seed)
     async with network.running(), trio.open_nursery() as nursery:
         cluster = SimulatedCluster(network, nursery, config)
-        for i in range(size):
-            await cluster.add(f"{prefix}{i}")
+        names = [f"{prefix}{i}" for i in range(size)]
+        for name in names:
+            if formed:
+                await nursery.start(cluster._run, name, [], names)
+            else:
+                await cluster.add(name)
         try:
             yield cluster
         finally:

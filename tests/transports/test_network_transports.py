@@ -313,6 +313,54 @@ async def test_raw_garbage_on_the_socket_is_survived(make: Make, garbage: bytes)
             assert await server.inbox.wait_for(1) == [("friend", b"still serving?")]
 
 
+async def test_a_client_that_resets_right_after_its_upgrade_request_is_survived(
+    make: Make,
+) -> None:
+    # The server may look up the peer's address after the socket is gone
+    # (getpeername: ENOTCONN); that must end the connection, not the node.
+    request = (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    linger = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")  # close = RST
+    with trio.fail_after(GUARD):
+        async with serving() as start:
+            server = await start(make(FAST), "server")
+            port = int(server.address.rsplit(":", 1)[1])
+            for _ in range(20):
+                sock = trio.socket.socket()
+                await sock.connect(("127.0.0.1", port))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                await sock.send(request)
+                sock.close()
+            friend = await start(make(FAST), "friend")
+            friend.transport.add_peer("server", server.address)
+            await friend.transport.send("server", b"still serving?")
+            assert await server.inbox.wait_for(1) == [("friend", b"still serving?")]
+
+
+async def test_a_client_gone_before_its_address_is_read_is_survived(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def gone(self: WebSocketRequest) -> str:
+        raise OSError(107, "Transport endpoint is not connected")
+
+    with trio.fail_after(GUARD):
+        async with serving() as start:
+            server = await start(WebSocketTransport(FAST), "server")
+            with monkeypatch.context() as patch:
+                patch.setattr(WebSocketRequest, "remote", property(gone))
+                client = await start(WebSocketTransport(FAST), "client")
+                client.transport.add_peer("server", server.address)
+                with pytest.raises(NodeUnreachable):
+                    await client.transport.send("server", b"lost")
+            friend = await start(WebSocketTransport(FAST), "friend")
+            friend.transport.add_peer("server", server.address)
+            await friend.transport.send("server", b"still serving?")
+            assert await server.inbox.wait_for(1) == [("friend", b"still serving?")]
+
+
 async def test_client_side_counts_a_server_of_another_version(make: Make) -> None:
     with trio.fail_after(GUARD):
         async with serving() as start:

@@ -301,12 +301,14 @@ class WebSocketTransport(StreamTransport):
 
         async def on_request(request: WebSocketRequest) -> None:
             try:
+                # (getpeername: fails once the client has reset the connection)
+                remote = _remote_of(request.remote)
                 ws = await request.accept()
-            except ConnectionClosed:
-                return
+            except (ConnectionClosed, trio.BrokenResourceError, OSError):
+                return  # the client went away mid-upgrade: nothing to serve
             frames = _WebSocketFrameStream(
                 ws,
-                remote=_remote_of(request.remote),
+                remote=remote,
                 close_timeout=close_timeout,
                 max_frame_size=self.config.max_frame_size,
             )

@@ -2,6 +2,8 @@
 
 nox -s tests            the default test run (< 5 minutes on 2 cores)
 nox -s lint typecheck   ruff check + ruff format --check; mypy --strict
+nox -s faults           the long fault searches: tests/faults/, and every property
+                        test with the "deep" hypothesis profile (about 7 minutes)
 nox -s bench            benchmarks, as ratios against raw Trio baselines
 nox -s demo             a supervision tree crashing, restarting, escalating
 """
@@ -35,6 +37,28 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".", "mypy>=1.13")
     session.run("mypy", "--strict", "trioactors")
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The long fault searches the default run skips.
+
+    Runs the tests marked ``faults`` (``--faults`` un-skips them) and every
+    hypothesis test with the "deep" profile. Arguments replace the selection:
+    ``nox -s faults -- tests/faults``.
+    """
+    session.install("-e", ".[test]")
+    selection = session.posargs or ["-m", "faults or hypothesis", "tests"]
+    session.run(
+        "pytest",
+        "--faults",
+        "-s",  # the searches print what they measured, as they finish
+        # single searches run for minutes by design; each keeps its own trio deadline
+        "-o",
+        "faulthandler_timeout=900",
+        *selection,
+        env={"HYPOTHESIS_PROFILE": "deep"},
+    )
 
 
 @nox.session

@@ -7,43 +7,58 @@ ours for times and rounds; 60 s / real seconds for the simulation speed).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import time
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final, TypeVarTuple
 
 import trio
 import trio.testing
 
-from trioactors import MembershipConfig, MemberState
-from trioactors.testing import open_simulated_cluster
+from trioactors import Actor, MemberChanged, MembershipConfig, MemberState
+from trioactors.testing import SimulatedCluster, open_simulated_cluster
 
 from ._common import Result
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 __all__ = ["WORKLOADS"]
 
 Ts = TypeVarTuple("Ts")
 
-SIZE: Final = int(os.environ.get("TRIOACTORS_BENCH_CLUSTER", "200"))
-"""Cluster size of the scale lines; the goal is 1000 (TRIOACTORS_BENCH_CLUSTER=1000), which
-today takes minutes of real time to form, so the default stays at 200."""
-LOSSY_SIZE: Final = 100
+SIZES: Final = tuple(
+    int(n) for n in os.environ.get("TRIOACTORS_BENCH_CLUSTERS", "10,100,1000").split(",")
+)
+"""Cluster sizes measured (``TRIOACTORS_BENCH_CLUSTERS=10,100`` for a quicker run)."""
 LOSSY_MINUTES: Final = 10
 
 
-async def _scale(size: int) -> list[Result]:
-    config = MembershipConfig(seed=1)
-    async with open_simulated_cluster(size, seed=1, config=config) as cluster:
+@asynccontextmanager
+async def _formed(size: int, seed: int) -> AsyncIterator[SimulatedCluster]:
+    """A running cluster of ``size`` (started formed: see ``open_simulated_cluster``)."""
+    config = MembershipConfig(seed=seed)
+    async with open_simulated_cluster(size, seed=seed, config=config, formed=True) as cluster:
         await cluster.wait_until(lambda m: len(m.alive()) == size)
+        gc.freeze()  # size**2 member records: out of the collector's way (see the docstring)
+        try:
+            yield cluster
+        finally:
+            gc.unfreeze()
+
+
+async def _scale(size: int) -> list[Result]:
+    async with _formed(size, seed=1) as cluster:
+        config = cluster.config
         # a join into the running cluster
         start = trio.current_time()
         await cluster.add("newcomer")
         await cluster.wait_until(lambda m: "newcomer" in m.alive())
-        rounds = (trio.current_time() - start) / config.gossip_interval
+        join_time = trio.current_time() - start
+        rounds = join_time / config.gossip_interval
         bound = 3 * math.log2(size + 1) + 5
         # one simulated minute of steady state
         wall = time.perf_counter()
@@ -64,6 +79,13 @@ async def _scale(size: int) -> list[Result]:
             round(bound / max(rounds, 1e-9), 3),
         ),
         Result(
+            f"membership_join_time_{size}",
+            round(join_time, 2),
+            "s",
+            round(bound * config.gossip_interval, 2),
+            round(bound * config.gossip_interval / max(join_time, 1e-9), 3),
+        ),
+        Result(
             f"membership_crash_detected_by_all_{size}",
             round(detected, 2),
             "s",
@@ -80,18 +102,28 @@ async def _scale(size: int) -> list[Result]:
     ]
 
 
+class _DeathRecorder(Actor[MemberChanged]):
+    """Records every "dead" declaration its node makes (a membership subscriber)."""
+
+    def __init__(self, node: str, deaths: set[tuple[str, str]]) -> None:
+        self.node = node
+        self.deaths = deaths
+
+    async def receive(self, message: MemberChanged) -> None:
+        if message.after.state is MemberState.DEAD:
+            self.deaths.add((self.node, message.node))
+
+
 async def _lossy(size: int, minutes: int) -> list[Result]:
-    async with open_simulated_cluster(size, seed=2) as cluster:
-        await cluster.wait_until(lambda m: len(m.alive()) == size)
+    false_deaths: set[tuple[str, str]] = set()
+    async with _formed(size, seed=2) as cluster:
+        for name, membership in cluster.members.items():
+            recorder = await cluster.nodes[name].root.start_actor(
+                _DeathRecorder, name, false_deaths
+            )
+            membership.subscribe(recorder)
         cluster.network.drop(0.05)
-        false_deaths: set[tuple[str, str]] = set()
-        end = trio.current_time() + 60 * minutes
-        while trio.current_time() < end:
-            await trio.sleep(1)
-            for name, membership in cluster.members.items():
-                false_deaths.update(
-                    (name, dead) for dead in membership.view.in_state(MemberState.DEAD)
-                )
+        await trio.sleep(60 * minutes)
     count = len(false_deaths)
     return [
         Result(
@@ -114,7 +146,10 @@ def _run(fn: Callable[[*Ts], Awaitable[list[Result]]], *args: *Ts) -> list[Resul
 
 def membership(rounds: int) -> list[Result]:
     del rounds  # one run each: these are simulated times, not noisy wall-clock ones
-    return [*_run(_scale, SIZE), *_run(_lossy, LOSSY_SIZE, LOSSY_MINUTES)]
+    results = []
+    for size in SIZES:
+        results += [*_run(_scale, size), *_run(_lossy, size, LOSSY_MINUTES)]
+    return results
 
 
 WORKLOADS: dict[str, Callable[[int], list[Result]]] = {"membership": membership}

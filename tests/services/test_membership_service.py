@@ -5,12 +5,20 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
+import attrs
+import pytest
 import trio
 import trio.testing
 
 import trioactors as ta
 from trioactors._core._membership import MemberState
-from trioactors._services._membership import Membership, MembershipConfig, start_membership
+from trioactors._services._membership import (
+    Gossip,
+    Membership,
+    MembershipConfig,
+    start_membership,
+)
+from trioactors._wire._codec import Codec, Envelope, Kind
 from trioactors.transports import MemoryNetwork
 
 if TYPE_CHECKING:
@@ -128,3 +136,36 @@ async def test_subscribed_actors_are_told_of_changes(
             await cluster.add("late")
             await joined.wait()
             assert ("late", MemberState.JOINING) in seen or ("late", MemberState.ALIVE) in seen
+
+
+VALID_CLAIM = ["n1", "memory://n1", 1, 0]
+
+
+@pytest.mark.parametrize("wire_format", ["json", "msgpack"])
+@pytest.mark.parametrize(
+    "claim",
+    [
+        VALID_CLAIM,
+        ["n1", "memory://n1", 9, 0],  # no such state
+        ["n1", "memory://n1", 1, -1],
+        ["n1", "memory://n1", True, 0],
+        ["n1", 5, 1, 0],
+        {"node": "n1", "address": "memory://n1", "state": 1, "incarnation": 0},
+        ["n1", "memory://n1", 1],
+    ],
+)
+def test_claims_travel_as_checked_lists(wire_format: str, claim: object) -> None:
+    registry = ta.MessageRegistry()
+    registry.register(Gossip, "$membership.Gossip")
+    codec = Codec(registry, format=wire_format)  # type: ignore[arg-type]
+    frame = codec.encode(Envelope(Kind.TELL, "$membership@n2", None, 1, None, "", Gossip([], [])))
+    raw = codec.decode(frame, structure=False)
+    bad = attrs.evolve(raw, payload={"claims": [claim], "names": []})
+    frame = codec.encode(bad, raw=True)
+    if claim is VALID_CLAIM:
+        decoded = codec.decode(frame)
+        assert isinstance(decoded.payload, Gossip)
+        assert decoded.payload.claims[0].node == "n1"
+    else:
+        with pytest.raises(ta.InvalidPayload):
+            codec.decode(frame)

@@ -220,7 +220,8 @@ class MembershipView:
         if current is not None and not claim.supersedes(current):
             return None
         self._members[claim.node] = claim
-        self._reachable = None
+        if current is None or current.reachable != claim.reachable:
+            self._reachable = None
         return MemberChanged(claim.node, current, claim)
 
     def _about_me(self, claim: Member) -> MemberChanged | None:

@@ -40,6 +40,7 @@ from .._core._membership import Member, MemberChanged, MembershipView, MemberSta
 from .._core._swim import SwimConfig, SwimDetector
 from .._errors import TrioactorsError
 from .._runtime._actor import Actor, ActorRef
+from .._wire._codec import _converter
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -73,6 +74,17 @@ class MembershipConfig:
     two sides of a healed partition find each other again (Serf's ``reconnect_interval``)."""
     seed: int | None = None
     """Seed for the random choices (None: from the OS); fix it for simulations."""
+
+    def push_pull_period(self, cluster_size: int) -> float:
+        """``push_pull_interval``, stretched in big clusters as memberlist does.
+
+        A full exchange carries every member, so each node's exchanges cost
+        ``O(n)`` and the cluster's ``O(n**2)``: above 32 members the interval
+        is multiplied by ``ceil(log2(n) - 5) + 1`` (x2 up to 64 members, x6 at 1000).
+        """
+        if cluster_size <= 32:
+            return self.push_pull_interval
+        return (math.ceil(math.log2(cluster_size) - 5) + 1) * self.push_pull_interval
 
     def dissemination_time(self, cluster_size: int) -> float:
         """Seconds for a change to reach everyone by gossip: ``ceil(log_fanout(n))`` rounds."""
@@ -136,6 +148,35 @@ class Gossip:
 
     claims: list[_Claim]
     names: list[_Names]
+
+
+_STATES = frozenset(int(s) for s in MemberState)
+
+
+def _claim_to_wire(claim: _Claim) -> list[object]:
+    return [claim.node, claim.address, claim.state, claim.incarnation]
+
+
+def _claim_from_wire(data: object, _: type) -> _Claim:
+    if type(data) is list and len(data) == 4:
+        node, address, state, incarnation = data
+        if (
+            type(node) is str
+            and type(address) is str
+            and type(state) is int
+            and state in _STATES
+            and type(incarnation) is int
+            and incarnation >= 0
+        ):
+            return _Claim(node, address, state, incarnation)
+    raise ValueError(f"a claim is [node, address, state, incarnation], not {data!r:.80}")
+
+
+# Claims travel as 4-item lists, not objects: a full-state sync carries one per
+# member, and a generic converter costs several times more per claim.
+for _format in ("json", "msgpack"):
+    _converter(_format).register_unstructure_hook(_Claim, _claim_to_wire)
+    _converter(_format).register_structure_hook(_Claim, _claim_from_wire)
 
 
 def _register(node: Node) -> None:
@@ -303,10 +344,12 @@ class Membership:
     async def _push_pull_loop(self) -> None:
         """Exchange the whole state with one random member now and then."""
         async with trio.open_nursery() as exchanges:
+            # a random first wait, so that nodes started together do not all sync together
+            await trio.sleep(self._rng.random() * self.config.push_pull_period(len(self.view)))
             while True:
-                await trio.sleep(self.config.push_pull_interval)
                 for peer in self._pick(1):
                     exchanges.start_soon(self._sync_with, peer, self._sync_message())
+                await trio.sleep(self.config.push_pull_period(len(self.view)))
 
     async def _reconnect_loop(self) -> None:
         """Now and then, try to sync with one member we hold dead (or with a seed).
@@ -319,6 +362,7 @@ class Membership:
         """
         async with trio.open_nursery() as attempts:
             self._reconnects = attempts
+            await trio.sleep(self._rng.random() * self.config.reconnect_interval)  # (as above)
             while True:
                 await trio.sleep(self.config.reconnect_interval)
                 view = self.view
@@ -506,7 +550,8 @@ def _take(pending: dict[str, tuple[T, int]]) -> list[T]:
 
 
 def _next_tick(now: float, interval: float) -> float:
-    return (math.floor(now / interval) + 1) * interval
+    # (the epsilon: a clock a rounding error short of a tick must not wake twice)
+    return (math.floor(now / interval + 1e-9) + 1) * interval
 
 
 async def start_membership(

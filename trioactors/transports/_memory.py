@@ -163,7 +163,7 @@ class _Link:
         self.closed = False
         self.last_due = -math.inf
         self.queued = 0  # sent, not yet handed to deliver (or lost)
-        self.lot = ParkingLot()  # senders waiting for room
+        self.lot: ParkingLot | None = None  # senders waiting for room (made when one waits)
 
 
 @final
@@ -473,7 +473,7 @@ class MemoryNetwork:
     def _taken(self, link: _Link) -> None:
         """One frame on ``link`` left the network (delivered or lost)."""
         link.queued -= 1
-        if link.lot:
+        if link.lot is not None and link.lot:
             link.lot.unpark()
         self._pending -= 1
         if not self._pending and self._idle:
@@ -567,7 +567,8 @@ def _close(link: _Link) -> None:
         del src._links[dst.name]
         src._connections_open -= 1
     dst._inbound.discard(link)
-    link.lot.unpark_all()
+    if link.lot is not None:
+        link.lot.unpark_all()
 
 
 @final
@@ -714,6 +715,8 @@ class MemoryTransport(Transport):
                 link = await self._connect(peer, target)
             if link.queued < self.config.send_queue_size:
                 break
+            if link.lot is None:
+                link.lot = ParkingLot()
             await link.lot.park()
         self.network._submit(link, frame if type(frame) is bytes else bytes(frame))
 

@@ -35,6 +35,7 @@ from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import StartFailed as StartFailed
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import TrioactorsError as TrioactorsError
+from ._errors import Unauthorized as Unauthorized
 from ._errors import UnhandledMessage as UnhandledMessage
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._open import open_node as open_node
@@ -42,6 +43,8 @@ from ._runtime._actor import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from ._runtime._actor import Actor as Actor
 from ._runtime._actor import ActorRef as ActorRef
 from ._runtime._actor import Request as Request
+from ._runtime._actor import is_read_only as is_read_only
+from ._runtime._actor import read_only as read_only
 from ._runtime._instance import DEFAULT_SHUTDOWN as DEFAULT_SHUTDOWN
 from ._runtime._instance import DEFAULT_START_TIMEOUT as DEFAULT_START_TIMEOUT
 from ._runtime._instance import ActorContext as ActorContext

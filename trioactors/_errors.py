@@ -27,6 +27,7 @@ __all__ = [
     "StartFailed",
     "SupervisorGaveUp",
     "TrioactorsError",
+    "Unauthorized",
     "UnhandledMessage",
     "UnknownMessageType",
 ]
@@ -158,6 +159,10 @@ class FrameTooLarge(RemoteProtocolError):
 
 class AuthenticationFailed(RemoteProtocolError):
     """The peer could not prove it knows the cluster secret (or we could not)."""
+
+
+class Unauthorized(RemoteProtocolError, PermissionError):
+    """A read-only peer sent something only members may send (see ``read_only``)."""
 
 
 class ProtocolVersionMismatch(RemoteProtocolError):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._instance import ActorContext
     from ._system import ActorSystem
 
-__all__ = ["DEFAULT_ASK_TIMEOUT", "Actor", "ActorRef", "Request"]
+__all__ = ["DEFAULT_ASK_TIMEOUT", "Actor", "ActorRef", "Request", "is_read_only", "read_only"]
 
 M = TypeVar("M", contravariant=True)
 MsgT = TypeVar("MsgT")
@@ -56,6 +56,30 @@ class Request(Generic[R]):
     """
 
     __slots__ = ()
+
+
+_READ_ONLY = "__trioactors_read_only__"
+
+T = TypeVar("T", bound=type)
+
+
+def read_only(cls: T) -> T:
+    """Class decorator: mark a message type that read-only peers may send.
+
+    A peer that authenticated with the cluster's read-only secret (an
+    operator's dashboard, ``trioactors status``) may only deliver messages of
+    marked types; anything else it sends is refused with
+    :class:`~trioactors.Unauthorized`. Mark queries, never commands.
+
+    .. versionadded:: 0.1
+    """
+    setattr(cls, _READ_ONLY, True)
+    return cls
+
+
+def is_read_only(cls: type) -> bool:
+    """Whether ``cls`` was marked with :func:`read_only`."""
+    return cls.__dict__.get(_READ_ONLY, False) is True
 
 
 # (the place of the actor running this task, the chain of places waiting on

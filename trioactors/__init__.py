@@ -75,6 +75,7 @@ from ._wire._codec import Envelope as Envelope
 from ._wire._codec import MessageRegistry as MessageRegistry
 from ._wire._codec import default_registry as default_registry
 from ._wire._codec import message as message
+from ._wire._handshake import Role as Role
 
 ONE_FOR_ONE = Strategy.ONE_FOR_ONE
 ONE_FOR_ALL = Strategy.ONE_FOR_ALL

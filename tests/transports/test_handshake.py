@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
@@ -30,6 +31,7 @@ from trioactors._wire._handshake import (
     PeerInfo,
     Proof,
     Rejected,
+    Role,
     Send,
     ServerHandshake,
     ServerHello,
@@ -37,6 +39,9 @@ from trioactors._wire._handshake import (
     decode_message,
     encode_message,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 VERSION = 1
 
@@ -357,3 +362,71 @@ def test_machines_never_raise_on_peer_input(inputs: list[bytes], as_client: bool
         if machine.state in (HandshakeState.FAILED, HandshakeState.ESTABLISHED):
             break
     assert machine.state is not HandshakeState.ESTABLISHED  # nobody guessed an HMAC
+
+
+# -- roles ---------------------------------------------------------------------------
+
+
+def observer(secret: bytes = b"read-only", *, seed: int = 1) -> ClientHandshake:
+    return ClientHandshake(
+        node="tool",
+        address="tcp://127.0.0.1:3333",
+        secret=secret,
+        version=VERSION,
+        random_bytes=seeded(seed).randbytes,
+        role=Role.OBSERVER,
+    )
+
+
+def guarded_server(read_only: bytes | None = b"read-only") -> ServerHandshake:
+    return ServerHandshake(
+        node="bob",
+        address="tcp://127.0.0.1:2222",
+        secret=b"s3cret",
+        version=VERSION,
+        random_bytes=seeded(2).randbytes,
+        read_only_secret=read_only,
+    )
+
+
+def test_an_observer_proves_the_read_only_secret_and_both_sides_know_its_role() -> None:
+    client_actions, server_actions = run(observer(), guarded_server())
+    assert client_actions[-1] == Established(
+        PeerInfo("bob", "tcp://127.0.0.1:2222", VERSION, Role.OBSERVER)
+    )
+    assert server_actions[-1] == Established(
+        PeerInfo("tool", "tcp://127.0.0.1:3333", VERSION, Role.OBSERVER)
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_client", "read_only"),
+    [
+        (lambda: observer(), None),  # the server takes no observers
+        (lambda: observer(b"s3cret"), b"read-only"),  # the cluster secret is not the read-only one
+        (lambda: client(b"read-only"), b"read-only"),  # nor can a member use the read-only one
+    ],
+)
+def test_a_role_needs_its_own_secret(
+    make_client: Callable[[], ClientHandshake], read_only: bytes | None
+) -> None:
+    _, server_actions = run(make_client(), guarded_server(read_only))
+    assert isinstance(failure(server_actions), AuthenticationFailed)
+
+
+def test_the_role_cannot_be_changed_in_flight() -> None:
+    # An observer's hello rewritten to claim membership: the server now proves
+    # with the cluster secret, which the observer cannot check, and vice versa.
+    c, s = observer(), guarded_server()
+    hello = json.loads(c.start())
+    del hello["role"]
+    actions = s.receive(json.dumps(hello).encode())
+    assert isinstance(failure(c.receive(sends(actions)[0])), AuthenticationFailed)
+
+
+def test_an_unknown_role_is_malformed() -> None:
+    c = client()
+    hello = json.loads(c.start())
+    hello["role"] = "admin"
+    actions = server().receive(json.dumps(hello).encode())
+    assert isinstance(failure(actions), MalformedFrame)

@@ -44,12 +44,14 @@ from .._errors import (
     NotSerializable,
     RemoteProtocolError,
     TrioactorsError,
+    Unauthorized,
     UnhandledMessage,
     UnknownMessageType,
 )
 from .._wire._address import Address
 from .._wire._codec import Codec, Envelope, Kind
-from ._actor import ActorRef, Letter, _frame, _Reply
+from .._wire._handshake import Role
+from ._actor import ActorRef, Letter, _frame, _Reply, is_read_only
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
@@ -75,6 +77,7 @@ class FrameCarrier(Protocol):
     def remove_peer(self, peer: str) -> None: ...
     def peers(self) -> dict[str, str]: ...
     def address_of(self, peer: str) -> str | None: ...
+    def role_of(self, peer: str) -> Role: ...
 
 
 @final
@@ -98,6 +101,7 @@ class NodeStatistics:
     error_replies_sent: int
     remote_errors: int
     replies_lost: int
+    unauthorized: int
     pending_asks: int
 
 
@@ -116,6 +120,7 @@ class _Counters:
     error_replies_sent: int = 0
     remote_errors: int = 0
     replies_lost: int = 0
+    unauthorized: int = 0
 
 
 # Errors that travel as ERROR envelopes, by tag. Anything else arrives as a
@@ -130,6 +135,7 @@ _REMOTE_ERRORS: dict[str, type[TrioactorsError]] = {
         NodeUnreachable,
         NotSerializable,
         UnknownMessageType,
+        Unauthorized,
         RemoteProtocolError,
     )
 }
@@ -334,6 +340,11 @@ class Node:
             logger.warning("%s: malformed frame from %s: %s", self.name, peer, exc)
             return
         name, _, node = envelope.to.rpartition("@")  # (validated where it matters)
+        if self.transport.role_of(peer) is Role.OBSERVER:
+            if not self._observer_may(peer, envelope, node):
+                return
+            await self._on_request(peer, envelope, name, observer=True)
+            return
         if node != self.name:
             try:
                 target = Address.parse(envelope.to)
@@ -394,7 +405,26 @@ class Node:
             return
         reply.succeed(payload)
 
-    async def _on_request(self, peer: str, envelope: Envelope, name: str) -> None:
+    def _observer_may(self, peer: str, envelope: Envelope, node: str) -> bool:
+        """Whether a read-only peer's envelope may go on (a request here, from itself)."""
+        sender = envelope.sender
+        if (
+            envelope.kind in (Kind.ASK, Kind.TELL)
+            and node == self.name
+            and (sender is None or sender.rpartition("@")[2] == peer)
+        ):
+            return True
+        self._n.unauthorized += 1
+        logger.warning("%s: refused %s from observer %s", self.name, envelope.kind.name, peer)
+        if sender is not None and sender.rpartition("@")[2] == peer:
+            self._refuse(
+                peer, envelope, "Unauthorized", f"a read-only peer may not send to {envelope.to}"
+            )
+        return False
+
+    async def _on_request(
+        self, peer: str, envelope: Envelope, name: str, *, observer: bool = False
+    ) -> None:
         place = self.system._registry.get(name)
         if place is None:
             self._n.unknown_actors += 1
@@ -415,6 +445,16 @@ class Node:
         except RemoteProtocolError as exc:
             self._count_payload_error(peer, exc)
             self._refuse(peer, envelope, type(exc).__name__, str(exc))
+            return
+        if observer and not is_read_only(type(payload)):
+            self._n.unauthorized += 1
+            logger.warning("%s: refused %s from observer %s", self.name, envelope.tag, peer)
+            self._refuse(
+                peer,
+                envelope,
+                "Unauthorized",
+                f"{envelope.tag} is not a read-only query: a read-only peer may not send it",
+            )
             return
         reply = _RemoteReply(self, envelope) if envelope.kind is Kind.ASK else None
         letter = Letter(payload, self._sender_ref(envelope.sender), reply, ())

@@ -25,6 +25,14 @@ names means neither hello can be altered in flight without the proofs
 failing. The handshake authenticates the peers; it does not protect the
 frames that follow (use TLS for that on an untrusted network).
 
+Roles: a client says in its hello whether it connects as a ``member`` (the
+default, proven with the cluster secret) or as an ``observer`` (proven with
+the cluster's *read-only* secret: an operator's tool that may only send
+read-only queries, see :func:`trioactors.read_only`). Both proofs are made
+with the key of the requested role, and the role is bound into them, so it
+cannot be changed in flight. A server that has no read-only secret rejects
+observers ("auth").
+
 An empty secret is just another key: when *both* sides have an empty secret
 the proofs match and the handshake succeeds (no authentication: tests and
 trusted networks only). A side that has a secret rejects any peer that cannot
@@ -88,6 +96,7 @@ __all__ = [
     "PeerInfo",
     "Proof",
     "Rejected",
+    "Role",
     "Send",
     "ServerHandshake",
     "ServerHello",
@@ -107,6 +116,18 @@ _PROOF_SIZE: Final = hashlib.sha256().digest_size
 REJECT_REASONS: Final = frozenset({"version", "auth", "malformed"})
 
 
+class Role(enum.Enum):
+    """What an authenticated peer may do.
+
+    .. versionadded:: 0.1
+    """
+
+    MEMBER = "member"
+    """A node of the cluster (proved the cluster secret): may send anything."""
+    OBSERVER = "observer"
+    """A read-only tool (proved the read-only secret): may send read-only queries only."""
+
+
 # -- messages -----------------------------------------------------------------------
 
 
@@ -119,6 +140,7 @@ class Hello:
     node: str
     address: str
     nonce: bytes
+    role: Role = Role.MEMBER
 
 
 @final
@@ -171,9 +193,11 @@ def encode_message(message: Message) -> bytes:
     """
     obj: dict[str, str | int | None]
     match message:
-        case Hello(version, node, address, nonce):
+        case Hello(version, node, address, nonce, role):
             obj = {"type": "hello", "version": version, "node": node, "address": address}
             obj["nonce"] = nonce.hex()
+            if role is not Role.MEMBER:
+                obj["role"] = role.value
         case ServerHello(version, node, address, nonce, proof):
             obj = {"type": "server-hello", "version": version, "node": node, "address": address}
             obj["nonce"] = nonce.hex()
@@ -241,11 +265,15 @@ def _decode(obj: dict[str, object]) -> Message:
     kind = obj.get("type")
     match kind:
         case "hello":
+            role = obj.get("role", Role.MEMBER.value)
+            if role not in (Role.MEMBER.value, Role.OBSERVER.value):
+                raise MalformedFrame(f"unknown role {role!r:.40} in hello")
             return Hello(
                 version=_field_int(obj, "version"),
                 node=_field_str(obj, "node"),
                 address=_field_str(obj, "address"),
                 nonce=_field_hex(obj, "nonce", NONCE_SIZE),
+                role=Role(role),
             )
         case "server-hello":
             return ServerHello(
@@ -308,6 +336,7 @@ class PeerInfo:
     node: str
     address: str
     version: int
+    role: Role = Role.MEMBER
 
 
 @final
@@ -350,13 +379,16 @@ def _mac(secret: bytes, label: bytes, *parts: bytes) -> bytes:
 
 
 def _names(client: Hello, server_node: str, server_address: str, version: int) -> list[bytes]:
-    return [
+    names = [
         client.node.encode(),
         client.address.encode(),
         server_node.encode(),
         server_address.encode(),
         str(version).encode(),
     ]
+    if client.role is not Role.MEMBER:
+        names.append(client.role.value.encode())
+    return names
 
 
 def _check_identity(node: str, address: str) -> None:
@@ -470,9 +502,11 @@ class ClientHandshake(_Machine):
     Args:
       node: Our node name.
       address: The address at which peers reach us (sent to the server).
-      secret: The cluster secret (may be empty: see the module docstring).
+      secret: The key of ``role``: the cluster secret for a member, the
+        read-only secret for an observer (may be empty: see the module docstring).
       version: Our wire protocol version.
       random_bytes: Source of the nonce (``os.urandom``; pass a seeded one in tests).
+      role: The role we connect as.
 
     Raises:
       LocalProtocolError: ``node`` or ``address`` is empty or too long.
@@ -486,12 +520,14 @@ class ClientHandshake(_Machine):
         secret: bytes,
         version: int,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        role: Role = Role.MEMBER,
     ) -> None:
         super().__init__(
             node=node, address=address, secret=secret, version=version, random_bytes=random_bytes
         )
         self.state = HandshakeState.IDLE
-        self._hello = Hello(version, node, address, self._nonce)
+        self.role = role
+        self._hello = Hello(version, node, address, self._nonce, role)
 
     def start(self) -> bytes:
         """Return the hello to send first.
@@ -523,7 +559,7 @@ class ClientHandshake(_Machine):
             return parsed
         match self.state, parsed:
             case HandshakeState.HELLO_SENT, ServerHello() as hello:
-                self.claimed = PeerInfo(hello.node, hello.address, hello.version)
+                self.claimed = PeerInfo(hello.node, hello.address, hello.version, self.role)
                 names = _names(self._hello, hello.node, hello.address, self.version)
                 expected = _mac(self._secret, b"server", self._nonce, hello.nonce, *names)
                 if not hmac.compare_digest(expected, hello.proof):
@@ -558,6 +594,7 @@ class ServerHandshake(_Machine):
       secret: The cluster secret (may be empty: see the module docstring).
       version: Our wire protocol version.
       random_bytes: Source of the nonce.
+      read_only_secret: The key observers prove (None: observers are rejected).
 
     Raises:
       LocalProtocolError: ``node`` or ``address`` is empty or too long.
@@ -571,12 +608,14 @@ class ServerHandshake(_Machine):
         secret: bytes,
         version: int,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        read_only_secret: bytes | None = None,
     ) -> None:
         super().__init__(
             node=node, address=address, secret=secret, version=version, random_bytes=random_bytes
         )
         self.state = HandshakeState.AWAIT_HELLO
         self._client: Hello | None = None
+        self._read_only_secret = read_only_secret
 
     def receive(self, data: bytes) -> list[Action]:
         """Handle one message from the client.
@@ -596,7 +635,17 @@ class ServerHandshake(_Machine):
         match self.state, parsed:
             case HandshakeState.AWAIT_HELLO, Hello() as hello:
                 self._client = hello
-                self.claimed = PeerInfo(hello.node, hello.address, hello.version)
+                self.claimed = PeerInfo(hello.node, hello.address, hello.version, hello.role)
+                if hello.role is Role.OBSERVER:
+                    if self._read_only_secret is None:
+                        return self._fail(
+                            AuthenticationFailed(
+                                f"observer {hello.node!r} refused: this node has no "
+                                "read-only secret, so it accepts no read-only peers"
+                            ),
+                            reject="auth",
+                        )
+                    self._secret = self._read_only_secret
                 names = _names(hello, self.node, self.address, self.version)
                 proof = _mac(self._secret, b"server", hello.nonce, self._nonce, *names)
                 self.state = HandshakeState.AWAIT_PROOF
@@ -608,10 +657,11 @@ class ServerHandshake(_Machine):
                 names = _names(self._client, self.node, self.address, self.version)
                 expected = _mac(self._secret, b"client", self._nonce, self._client.nonce, *names)
                 if not hmac.compare_digest(expected, proof):
+                    which = "read-only" if self.claimed.role is Role.OBSERVER else "cluster"
                     return self._fail(
                         AuthenticationFailed(
                             f"peer claiming to be {self.claimed.node!r} could not prove it "
-                            "knows the cluster secret; give every node the same secret"
+                            f"knows the {which} secret; give every node the same secret"
                         ),
                         reject="auth",
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._errors import NodeCrashed as NodeCrashed
+from .._wire._handshake import Role as Role
 from ._base import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._base import Deliver as Deliver
 from ._base import Transport as Transport

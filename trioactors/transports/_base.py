@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, TypeAlias
 import attrs
 import trio
 
+from .._wire._handshake import Role
+
 if TYPE_CHECKING:
     import ssl
 
@@ -67,12 +69,21 @@ class TransportConfig:
     """First reconnect delay after a connection breaks (then exponential with full jitter)."""
     reconnect_max: float = 5.0
     """Longest reconnect delay."""
+    read_only_secret: bytes | None = attrs.field(repr=False, default=None)
+    """Second secret, for read-only peers (operators' tools): a peer that proves it
+    connects as an *observer* and may only send messages marked
+    :func:`~trioactors.read_only`. None (default): observers are refused."""
+    role: Role = Role.MEMBER
+    """What this transport connects as: ``Role.OBSERVER`` for a read-only tool,
+    which proves ``read_only_secret`` on every connection."""
     server_ssl: ssl.SSLContext | None = None
     """TLS for accepted connections (optional)."""
     client_ssl: ssl.SSLContext | None = None
     """TLS for outgoing connections (optional)."""
 
     def __attrs_post_init__(self) -> None:
+        if self.role is Role.OBSERVER and self.read_only_secret is None:
+            raise ValueError("an observer (role=Role.OBSERVER) needs the read_only_secret")
         if self.max_frame_size < 1024:
             raise ValueError(f"max_frame_size must be >= 1024 bytes, not {self.max_frame_size}")
         for name in ("connect_timeout", "heartbeat_interval", "heartbeat_timeout"):
@@ -161,6 +172,11 @@ class Transport(abc.ABC):
     def address_of(self, peer: str) -> str | None:
         """The address known for ``peer``, or ``None`` (override: called per send)."""
         return self.peers().get(peer)
+
+    def role_of(self, peer: str) -> Role:
+        """The role ``peer`` authenticated with (``Role.MEMBER`` unless it is an observer)."""
+        del peer
+        return Role.MEMBER
 
     @abc.abstractmethod
     def statistics(self) -> TransportStatistics:

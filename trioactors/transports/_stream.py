@@ -72,6 +72,7 @@ from .._errors import (
     NodeUnreachable,
     ProtocolVersionMismatch,
     RemoteProtocolError,
+    Unauthorized,
 )
 from .._wire._handshake import (
     MAX_NAME_LENGTH,
@@ -79,6 +80,7 @@ from .._wire._handshake import (
     Established,
     Failed,
     PeerInfo,
+    Role,
     Send,
     ServerHandshake,
 )
@@ -184,9 +186,11 @@ class _Counters:
 class _Peer:
     """What we know about one peer, and its outgoing connection."""
 
-    def __init__(self, name: str, address: str) -> None:
+    def __init__(self, name: str, address: str, role: Role = Role.MEMBER) -> None:
         self.name = name
         self.address = address
+        self.role = role
+        """How the peer authenticated (an observer: a read-only tool)."""
         self.link: _Link | None = None
         """The outgoing connection while it is up: where ``send`` puts frames."""
         self.task: trio.CancelScope | None = None
@@ -458,10 +462,18 @@ class StreamTransport(Transport):
         Raises:
           ValueError: this transport cannot reach ``address``.
         """
+        self._add_peer(peer, address, Role.MEMBER)
+
+    def _add_peer(self, peer: str, address: str, role: Role) -> None:
         self.check_address(address)
         entry = self._peers.get(peer)
         if entry is None:
-            self._peers[peer] = _Peer(peer, address)
+            self._peers[peer] = _Peer(peer, address, role)
+            return
+        if entry.role is not role:
+            entry.role = role
+            entry.address = address
+            self._stop_task(entry)  # (its connection was made for the other role)
         elif entry.address != address:
             entry.address = address
             self._stop_task(entry)
@@ -485,6 +497,10 @@ class StreamTransport(Transport):
     def address_of(self, peer: str) -> str | None:
         entry = self._peers.get(peer)
         return None if entry is None else entry.address
+
+    def role_of(self, peer: str) -> Role:
+        entry = self._peers.get(peer)
+        return Role.MEMBER if entry is None else entry.role
 
     def statistics(self) -> TransportStatistics:
         """A snapshot of this transport's counters."""
@@ -531,11 +547,15 @@ class StreamTransport(Transport):
 
     async def _outgoing(self, entry: _Peer, nursery: trio.Nursery) -> bool:
         address = entry.address
+        config = self.config
+        observer = config.role is Role.OBSERVER or entry.role is Role.OBSERVER
+        key = config.read_only_secret if observer else config.secret
         machine = ClientHandshake(
             node=self._node,
             address=self._address,
-            secret=self.config.secret,
+            secret=b"" if key is None else key,
             version=PROTOCOL_VERSION,
+            role=Role.OBSERVER if observer else Role.MEMBER,
         )
         stream: FrameStream | None = None
         try:
@@ -587,7 +607,7 @@ class StreamTransport(Transport):
 
     def _count_rejection(self, exc: BaseException) -> None:
         counters = self._counters
-        if isinstance(exc, AuthenticationFailed):
+        if isinstance(exc, AuthenticationFailed | Unauthorized):
             counters.auth_failures += 1
         elif isinstance(exc, ProtocolVersionMismatch):
             counters.version_mismatches += 1
@@ -619,9 +639,18 @@ class StreamTransport(Transport):
                     address=self._address,
                     secret=self.config.secret,
                     version=PROTOCOL_VERSION,
+                    read_only_secret=self.config.read_only_secret,
                 )
                 info = await _drive(stream, machine)
-            self.add_peer(info.node, info.address)
+            role = info.role
+            if self.config.role is Role.OBSERVER:
+                role = Role.MEMBER  # (we are the tool: the cluster answers us as observers)
+            known = self._peers.get(info.node)
+            if role is Role.OBSERVER and known is not None and known.role is Role.MEMBER:
+                raise Unauthorized(
+                    f"observer {info.node!r} refused: a member of that name is known here"
+                )
+            self._add_peer(info.node, info.address, role)
         except (*_CONNECT_ERRORS, ValueError) as exc:
             claimed = machine.claimed if machine is not None else None
             who = repr(claimed.node) if claimed is not None else "an unknown node"

@@ -29,6 +29,7 @@ __all__ = [
     "TrioactorsError",
     "Unauthorized",
     "UnhandledMessage",
+    "UnknownFactory",
     "UnknownMessageType",
 ]
 
@@ -110,6 +111,16 @@ class StartFailed(TrioactorsError):
     """A child did not start: its ``on_start`` raised or took too long.
 
     The child was not added to the supervisor. ``__cause__`` holds the reason.
+    """
+
+
+class UnknownFactory(TrioactorsError, LookupError):
+    """A ``Spawn`` management message named a factory the node was not given.
+
+    Give the node the factory (``start_admin(node, factories={...})``) or
+    spawn one of those it names in the message.
+
+    .. versionadded:: 0.1
     """
 
 

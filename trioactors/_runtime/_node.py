@@ -40,12 +40,15 @@ from .._errors import (
     AskTimeout,
     InvalidPayload,
     MalformedFrame,
+    NameTaken,
     NodeUnreachable,
     NotSerializable,
     RemoteProtocolError,
+    StartFailed,
     TrioactorsError,
     Unauthorized,
     UnhandledMessage,
+    UnknownFactory,
     UnknownMessageType,
 )
 from .._wire._address import Address
@@ -136,6 +139,9 @@ _REMOTE_ERRORS: dict[str, type[TrioactorsError]] = {
         NotSerializable,
         UnknownMessageType,
         Unauthorized,
+        UnknownFactory,
+        NameTaken,
+        StartFailed,
         RemoteProtocolError,
     )
 }

@@ -43,7 +43,7 @@ from .._runtime._actor import Actor, ActorRef
 from .._wire._codec import _converter
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from .._runtime._node import Node
 
@@ -254,6 +254,7 @@ class Membership:
         self._names: dict[str, _Names] = {}
         self._my_names: list[str] = []
         self._names_version = 0
+        self._announced: Callable[[str], bool] | None = None
         self._subscribers: list[ActorRef[MemberChanged]] = []
         self._seeds: dict[str, str] = {}
         self._nudged: dict[str, float] = {}  # dead member -> when we last tried it
@@ -287,6 +288,18 @@ class Membership:
     def subscribe(self, ref: ActorRef[MemberChanged]) -> None:
         """Tell ``ref`` every :class:`MemberChanged` from now on."""
         self._subscribers.append(ref)
+
+    def set_announced(self, announced: Callable[[str], bool] | None) -> None:
+        """Choose which of this node's actor names the cluster learns.
+
+        Only names for which ``announced(name)`` is true are gossiped (and
+        returned by :meth:`lookup`, here and on other members); ``None``
+        (the default) announces every name that does not start with ``$``.
+        The change spreads at once, like any change of names. A draining node
+        announces nothing, so that the cluster stops finding its actors.
+        """
+        self._announced = announced
+        self._refresh_my_names()
 
     async def wait_changed(self) -> None:
         """Wait until the view or the known actor names change (no polling)."""
@@ -452,7 +465,12 @@ class Membership:
         return self._rng.sample(reachable, min(k, len(reachable)))
 
     def _refresh_my_names(self) -> None:
-        names = [n for n in self.node.system.names() if not n.startswith("$")]
+        announced = self._announced
+        names = [
+            n
+            for n in self.node.system.names()
+            if not n.startswith("$") and (announced is None or announced(n))
+        ]
         if names != self._my_names:  # (a node with no names has nothing to announce)
             self._my_names = names
             self._names_version += 1

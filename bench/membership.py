@@ -24,7 +24,7 @@ from trioactors.testing import SimulatedCluster, open_simulated_cluster
 from ._common import Result
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 __all__ = ["WORKLOADS"]
 
@@ -144,12 +144,12 @@ def _run(fn: Callable[[*Ts], Awaitable[list[Result]]], *args: *Ts) -> list[Resul
         logging.disable(logging.NOTSET)
 
 
-def membership(rounds: int) -> list[Result]:
-    del rounds  # one run each: these are simulated times, not noisy wall-clock ones
-    results = []
+def membership(rounds: int) -> Iterator[Result]:
+    """One run each (simulated times are not noisy), printed as they come."""
+    del rounds
     for size in SIZES:
-        results += [*_run(_scale, size), *_run(_lossy, size, LOSSY_MINUTES)]
-    return results
+        yield from _run(_scale, size)
+        yield from _run(_lossy, size, LOSSY_MINUTES)
 
 
-WORKLOADS: dict[str, Callable[[int], list[Result]]] = {"membership": membership}
+WORKLOADS: dict[str, Callable[[int], Iterable[Result]]] = {"membership": membership}

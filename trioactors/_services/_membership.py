@@ -27,6 +27,7 @@ told with a :class:`MemberChanged`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import math
 import random
@@ -384,11 +385,14 @@ class Membership:
                     member = view.get(name)
                     assert member is not None
                     candidates[name] = member.address
-                if not view.reachable():
+                alone = not view.reachable()
+                if alone:
                     candidates.update(self._seeds)
                 if candidates:
                     name = self._rng.choice(sorted(candidates))
-                    attempts.start_soon(self._reconnect, name, candidates[name])
+                    attempts.start_soon(
+                        functools.partial(self._reconnect, name, candidates[name], sync=alone)
+                    )
 
     def _heard_from_the_dead(self, node: str) -> None:
         """A member we hold dead talks to us: sync with it, so it can refute.
@@ -405,11 +409,24 @@ class Membership:
         self._nudged[node] = now
         self._reconnects.start_soon(self._reconnect, node, member.address)
 
-    async def _reconnect(self, name: str, address: str) -> None:
+    async def _reconnect(self, name: str, address: str, *, sync: bool = True) -> None:
+        """Try a member held dead: a full sync, or (``sync=False``) a nudge.
+
+        The nudge is a gossip message with our claim that it is dead: tiny, so
+        trying every dead member now and then costs nothing when they are
+        dead indeed. One that is alive refutes the claim, and if it holds us
+        dead too, it hears from the dead and syncs with us in turn.
+        """
         transport = self.node.transport
         if transport.address_of(name) is None:
             transport.add_peer(name, address)
-        await self._sync_with(name, self._sync_message())
+        if sync:
+            await self._sync_with(name, self._sync_message())
+        else:
+            member = self.view.get(name)
+            if member is not None:
+                self._tell(name, Gossip([_wire(member)], []))
+            await trio.sleep(self.config.swim.protocol_period)
         member = self.view.get(name)
         if (member is None or not member.reachable) and transport.address_of(name) is not None:
             transport.remove_peer(name)

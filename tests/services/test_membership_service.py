@@ -158,9 +158,11 @@ def test_claims_travel_as_checked_lists(wire_format: str, claim: object) -> None
     registry = ta.MessageRegistry()
     registry.register(Gossip, "$membership.Gossip")
     codec = Codec(registry, format=wire_format)  # type: ignore[arg-type]
-    frame = codec.encode(Envelope(Kind.TELL, "$membership@n2", None, 1, None, "", Gossip([], [])))
+    frame = codec.encode(
+        Envelope(Kind.TELL, "$membership@n2", None, 1, None, "", Gossip([], [], "n1"))
+    )
     raw = codec.decode(frame, structure=False)
-    bad = attrs.evolve(raw, payload={"claims": [claim], "names": []})
+    bad = attrs.evolve(raw, payload={"claims": [claim], "names": [], "origin": "n1"})
     frame = codec.encode(bad, raw=True)
     if claim is VALID_CLAIM:
         decoded = codec.decode(frame)

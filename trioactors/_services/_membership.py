@@ -141,6 +141,7 @@ class Ack:
 class Sync:
     claims: list[_Claim]
     names: list[_Names]
+    origin: str
 
 
 @attrs.frozen
@@ -149,6 +150,7 @@ class Gossip:
 
     claims: list[_Claim]
     names: list[_Names]
+    origin: str
 
 
 _STATES = frozenset(int(s) for s in MemberState)
@@ -224,16 +226,11 @@ class _MembershipActor(Actor[_Message]):
                 else:
                     m._tell(to, message)  # we relayed the ping: relay the answer
             case Sync():
-                sender = self.context.sender
-                m._absorb(
-                    message.claims,
-                    message.names,
-                    synced_with=None if sender is None else sender.address.rpartition("@")[2],
-                )
+                m._heard_from_the_dead(message.origin)
+                m._absorb(message.claims, message.names, synced_with=message.origin)
                 return m._sync_message()
             case Gossip():
-                if (sender := self.context.sender) is not None:
-                    m._heard_from_the_dead(sender.address.rpartition("@")[2])
+                m._heard_from_the_dead(message.origin)
                 m._absorb(message.claims, message.names)
         return None
 
@@ -425,7 +422,7 @@ class Membership:
         else:
             member = self.view.get(name)
             if member is not None:
-                self._tell(name, Gossip([_wire(member)], []))
+                self._tell(name, Gossip([_wire(member)], [], self.node.name))
             await trio.sleep(self.config.swim.protocol_period)
         member = self.view.get(name)
         if (member is None or not member.reachable) and transport.address_of(name) is not None:
@@ -443,7 +440,7 @@ class Membership:
         names = _take(self._names_out)
         if not self._claims_out and not self._names_out:
             self._gossip_pending = trio.Event()
-        return Gossip(claims, names)
+        return Gossip(claims, names, self.node.name)
 
     async def _sync_with(self, peer: str, message: Sync) -> None:
         try:
@@ -500,6 +497,7 @@ class Membership:
         return Sync(
             [_wire(m) for m in self.view.members()],
             [n for node, n in self._names.items() if node in self.view],
+            self.node.name,
         )
 
     def _absorb(
@@ -612,7 +610,7 @@ async def start_membership(
     """
     _register(node)
     membership = Membership(node, config or MembershipConfig())
+    membership._know(known or {})  # (first, so that the loops start knowing the cluster's size)
     await node.root.start_actor(_MembershipActor, membership, name=ACTOR)
-    membership._know(known or {})
     await membership._join(seeds or {})
     return membership

@@ -92,6 +92,7 @@ from ._wire._address import Address as Address
 from ._wire._codec import Codec as Codec
 from ._wire._codec import Envelope as Envelope
 from ._wire._codec import MessageRegistry as MessageRegistry
+from ._wire._codec import RawMessage as RawMessage
 from ._wire._codec import default_registry as default_registry
 from ._wire._codec import message as message
 from ._wire._handshake import Role as Role

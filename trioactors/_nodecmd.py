@@ -8,10 +8,19 @@ the benchmarks and the demo talk to them across processes.
 - ``relay`` asks another address for its :class:`Total` (:class:`Relay`).
 - ``slow`` sleeps, then answers (:class:`Sleep`).
 
-The cluster secret comes from ``TRIOACTORS_SECRET`` or ``--secret-file``.
-Once serving, the command prints one JSON line ``{"name": ..., "address": ...}``
-and runs until its standard input closes, or until interrupted. With
-``--events`` it then prints one JSON line per membership change::
+The cluster secret comes from ``--secret-file`` or ``TRIOACTORS_SECRET`` (the
+file wins); the read-only secret, for operators' observer connections, from
+``--read-only-secret-file`` or ``TRIOACTORS_READ_ONLY_SECRET``. Settings can
+also come from a TOML file (``--config``; see :func:`load_settings`), which
+options on the command line override.
+
+The node runs the admin service (``$admin``: ``trioactors status``, ``drain``,
+``shutdown``...) and membership. Once serving, the command prints one JSON
+line ``{"name": ..., "address": ...}`` and runs until its standard input
+closes (unless ``--ignore-stdin``: the parent process is done with it), until
+SIGTERM or SIGINT, or until an operator shuts it down. The last two leave the
+cluster gracefully first (the members mark the node ``left`` at once). With
+``--events`` it prints one JSON line per membership change::
 
     {"event": "member", "node": "node-3", "state": "dead", "incarnation": 0,
      "address": "ws://127.0.0.1:40113", "time": 12.5}
@@ -21,21 +30,43 @@ and runs until its standard input closes, or until interrupted. With
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import sys
-from typing import TYPE_CHECKING
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
 
 import attrs
 import trio
 
 import trioactors as ta
+from trioactors._services._admin import start_admin
+from trioactors._wire._address import check_node_name
 from trioactors.transports import TcpTransport, TransportConfig, WebSocketTransport
 
 if TYPE_CHECKING:
-    import argparse
+    from collections.abc import Awaitable, Callable, Collection, Mapping
 
-__all__ = ["Add", "Echo", "Relay", "Sleep", "Total", "add_arguments", "registry", "run_node"]
+    from trioactors._wire._codec import Format
+
+__all__ = [
+    "Add",
+    "Echo",
+    "NodeSettings",
+    "Relay",
+    "SettingsError",
+    "Sleep",
+    "Total",
+    "load_settings",
+    "merge_settings",
+    "read_secret",
+    "read_secrets",
+    "registry",
+    "run_node",
+]
 
 
 registry = ta.MessageRegistry()
@@ -129,55 +160,236 @@ class EventPrinter(ta.Actor[ta.MemberChanged]):
         print(json.dumps(line), flush=True)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="the node's name (actors are addressed actor@NAME)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on and advertise")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: any free)")
-    parser.add_argument(
-        "--peer",
-        action="append",
-        default=[],
-        metavar="NAME=ADDRESS",
-        help="a known node (repeatable)",
-    )
-    parser.add_argument(
-        "--join",
-        action="append",
-        default=[],
-        metavar="NAME=ADDRESS",
-        help="a seed to join the cluster through (repeatable); membership always runs",
-    )
-    parser.add_argument("--transport", choices=["ws", "tcp"], default="ws")
-    parser.add_argument("--wire-format", choices=["json", "msgpack"], default="json")
-    parser.add_argument(
-        "--events", action="store_true", help="print membership changes as JSON lines"
-    )
-    parser.add_argument(
-        "--secret-file", help="file holding the cluster secret (else $TRIOACTORS_SECRET)"
+TransportName: TypeAlias = Literal["ws", "tcp"]
+_TRANSPORTS: Final = {"ws": WebSocketTransport, "tcp": TcpTransport}
+LEAVE_TIMEOUT: Final = 2.0
+"""Longest wait, when stopping, for telling a few members that we leave."""
+
+
+class SettingsError(ValueError):
+    """A setting (from the command line or the settings file) is unusable."""
+
+
+@attrs.frozen
+class NodeSettings:
+    """What ``trioactors node`` runs with: options over the settings file over defaults.
+
+    Raises:
+      SettingsError: a value is unusable (an invalid node name, an address
+        the transport cannot reach, ...); the message says which.
+    """
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    join: Mapping[str, str] = attrs.field(factory=dict)
+    peer: Mapping[str, str] = attrs.field(factory=dict)
+    transport: TransportName = "ws"
+    wire_format: Format = "json"
+    secret_file: str | None = None
+    read_only_secret_file: str | None = None
+    events: bool = False
+    ignore_stdin: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            check_node_name(self.name)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be 0-65535, not {self.port}")
+        if self.transport not in _TRANSPORTS:
+            raise SettingsError(f"transport must be 'ws' or 'tcp', not {self.transport!r}")
+        if self.wire_format not in ("json", "msgpack"):
+            raise SettingsError(
+                f"wire_format must be 'json' or 'msgpack', not {self.wire_format!r}"
+            )
+        probe = _TRANSPORTS[self.transport](TransportConfig())
+        for option, pairs in (("join", self.join), ("peer", self.peer)):
+            for name, address in pairs.items():
+                try:
+                    check_node_name(name)
+                    probe.check_address(address)
+                except ValueError as exc:
+                    raise SettingsError(f"{option} {name}={address}: {exc}") from None
+
+
+# name -> (type, description) of every key a settings file may hold
+_KEYS: Final[dict[str, tuple[type, str]]] = {
+    "name": (str, "a string"),
+    "host": (str, "a string"),
+    "port": (int, "an integer"),
+    "join": (dict, "a table of NAME = ADDRESS"),
+    "peer": (dict, "a table of NAME = ADDRESS"),
+    "transport": (str, "a string"),
+    "wire_format": (str, "a string"),
+    "secret_file": (str, "a string"),
+    "read_only_secret_file": (str, "a string"),
+    "events": (bool, "true or false"),
+    "ignore_stdin": (bool, "true or false"),
+}
+
+
+def load_settings(path: str) -> dict[str, object]:
+    """Read a node's settings file (TOML); return the settings it holds.
+
+    Keys mirror the options of ``trioactors node``::
+
+        name = "node-1"
+        host = "10.0.0.1"
+        port = 7000
+        transport = "ws"            # or "tcp"
+        wire_format = "json"        # or "msgpack"
+        secret_file = "secret"      # relative to this file
+        read_only_secret_file = "read-only-secret"
+        events = false
+        ignore_stdin = true
+        [join]
+        node-0 = "ws://10.0.0.2:7000"
+        [peer]
+        gateway = "ws://10.0.0.3:7000"
+
+    Raises:
+      SettingsError: the file cannot be read, is not TOML, or holds an
+        unknown key or a value of the wrong type.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    settings: dict[str, object] = {}
+    for key, value in data.items():
+        if key not in _KEYS:
+            known = ", ".join(_KEYS)
+            raise SettingsError(f"{path}: unknown key {key!r} (known keys: {known})")
+        kind, description = _KEYS[key]
+        if type(value) is not kind:  # (bool is an int in Python, not in a settings file)
+            raise SettingsError(
+                f"{path}: {key} must be {description}, not {_toml_type(value)} {value!r:.40}"
+            )
+        if isinstance(value, dict):
+            for name, address in value.items():
+                if type(address) is not str:
+                    raise SettingsError(
+                        f"{path}: {key}.{name} must be an address string, "
+                        f"not {_toml_type(address)} {address!r:.40}"
+                    )
+            value = dict(value)
+        if key.endswith("secret_file"):
+            assert isinstance(value, str)
+            value = str(Path(path).parent / Path(value).expanduser())
+        settings[key] = value
+    return settings
+
+
+def merge_settings(
+    name: str | None,
+    options: Mapping[str, object],
+    given: Collection[str],
+    file: Mapping[str, object],
+) -> NodeSettings:
+    """The settings of the options ``given`` on the command line, else the file's,
+    else the options' defaults; ``join`` and ``peer`` from both (options win).
+
+    Raises:
+      SettingsError: no name anywhere, or as :class:`NodeSettings`.
+    """
+
+    def pick(key: str) -> object:
+        return options[key] if key in given or key not in file else file[key]
+
+    def pairs(key: str) -> dict[str, str]:
+        return {**cast("dict[str, str]", file.get(key, {})), **cast("dict[str, str]", options[key])}
+
+    chosen = name if name is not None else file.get("name")
+    if not isinstance(chosen, str):
+        raise SettingsError("missing NAME: give it, or set name in the settings file")
+    return NodeSettings(
+        name=chosen,
+        host=cast("str", pick("host")),
+        port=cast("int", pick("port")),
+        join=pairs("join"),
+        peer=pairs("peer"),
+        transport=cast("TransportName", pick("transport")),
+        wire_format=cast("Format", pick("wire_format")),
+        secret_file=cast("str | None", pick("secret_file")),
+        read_only_secret_file=cast("str | None", pick("read_only_secret_file")),
+        events=cast("bool", pick("events")),
+        ignore_stdin=cast("bool", pick("ignore_stdin")),
     )
 
 
-async def run_node(args: argparse.Namespace) -> None:
-    """Serve until standard input closes (or the process is interrupted)."""
-    if args.secret_file:
-        secret = (await trio.Path(args.secret_file).read_bytes()).strip()
-    else:
-        secret = os.environ.get("TRIOACTORS_SECRET", "").encode()
-    peers = _pairs(args.peer, "--peer")
-    seeds = _pairs(args.join, "--join")
-    config = TransportConfig(secret=secret)
-    transport_class = WebSocketTransport if args.transport == "ws" else TcpTransport
-    transport = transport_class(config, host=args.host, port=args.port)
+def _toml_type(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def read_secrets(settings: NodeSettings) -> tuple[bytes, bytes | None]:
+    """The cluster secret and the read-only secret (None: no observers accepted).
+
+    Each comes from its file if one is set, else from ``TRIOACTORS_SECRET`` /
+    ``TRIOACTORS_READ_ONLY_SECRET``. Surrounding whitespace is ignored.
+
+    Raises:
+      SettingsError: a secret file cannot be read.
+    """
+    secret = read_secret(settings.secret_file, "TRIOACTORS_SECRET") or b""
+    read_only = read_secret(settings.read_only_secret_file, "TRIOACTORS_READ_ONLY_SECRET")
+    return secret, read_only
+
+
+def read_secret(path: str | None, variable: str) -> bytes | None:
+    """A secret from the file at ``path`` if given, else from the environment ``variable``.
+
+    Returns None when neither holds one. Surrounding whitespace is ignored.
+
+    Raises:
+      SettingsError: the file cannot be read.
+    """
+    if path is not None:
+        try:
+            return Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot read the secret file {path}: {exc.strerror or exc}"
+            ) from None
+    return os.environ.get(variable, "").strip().encode() or None
+
+
+async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: bytes | None) -> None:
+    """Serve until standard input closes, a signal, or an operator's shutdown."""
+    config = TransportConfig(secret=secret, read_only_secret=read_only_secret)
+    transport = _TRANSPORTS[settings.transport](config, host=settings.host, port=settings.port)
     async with ta.open_node(
-        args.name, transport=transport, peers=peers, registry=registry, wire_format=args.wire_format
+        settings.name,
+        transport=transport,
+        peers=settings.peer,
+        registry=registry,
+        wire_format=settings.wire_format,
     ) as node:
         await node.root.start_actor(Account, name="account")
         await node.root.start_actor(EchoActor, name="echo")
         await node.root.start_actor(RelayActor, node, name="relay")
         await node.root.start_actor(SlowActor, name="slow")
-        membership = await ta.start_membership(node, seeds=seeds)
+        membership = await ta.start_membership(node, seeds=settings.join)
+        factories: dict[str, Callable[[], object]] = {  # (what Spawn may start, by name)
+            "account": Account,
+            "echo": EchoActor,
+            "relay": functools.partial(RelayActor, node),
+            "slow": SlowActor,
+        }
+        admin = await start_admin(node, membership=membership, factories=factories)
         printer = None
-        if args.events:
+        if settings.events:
             printer = await node.root.start_actor(
                 EventPrinter, trio.current_time(), name="$events", mailbox_size=10_000
             )
@@ -187,17 +399,38 @@ async def run_node(args: argparse.Namespace) -> None:
             for member in membership.members():
                 if member.node != node.name:
                     printer.tell_nowait(ta.MemberChanged(member.node, None, member))
-        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        async with stdin:
-            while await stdin.receive_some():
-                pass
+        signalled = False
+        async with trio.open_nursery() as waiting:  # the first way to stop ends the wait
+
+            async def stop_after(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                waiting.cancel_scope.cancel()
+
+            async def stop_on_signal() -> None:
+                nonlocal signalled
+                await _signalled()
+                signalled = True
+                waiting.cancel_scope.cancel()
+
+            if not settings.ignore_stdin:
+                waiting.start_soon(stop_after, _stdin_closed)
+            waiting.start_soon(stop_on_signal)
+            waiting.start_soon(stop_after, admin.wait_shutdown)  # (it has left the cluster)
+        if signalled:
+            # An operator stops this node alone: tell the cluster. (A closed
+            # stdin usually means the parent stops every node at once.)
+            with trio.move_on_after(LEAVE_TIMEOUT):
+                await membership.leave()
 
 
-def _pairs(items: list[str], option: str) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        name, sep, address = item.partition("=")
-        if not sep:
-            raise SystemExit(f"{option} expects NAME=ADDRESS, not {item!r}")
-        pairs[name] = address
-    return pairs
+async def _stdin_closed() -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stdin:
+        while await stdin.receive_some():
+            pass
+
+
+async def _signalled() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return

@@ -18,7 +18,7 @@ from trioactors._errors import (
     UnknownMessageType,
 )
 from trioactors._wire._address import Address
-from trioactors._wire._codec import Codec, Envelope, Kind, MessageRegistry
+from trioactors._wire._codec import Codec, Envelope, Kind, MessageRegistry, RawMessage
 
 
 @attrs.frozen
@@ -97,6 +97,60 @@ def test_registry_rejects_clashes_and_non_attrs() -> None:
         r.register(Order, tag="Inc")
     with pytest.raises(ValueError, match="not an attrs class"):
         r.register(dict)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_raw_message_is_written_as_its_tag_and_data(fmt: str) -> None:
+    # a tool without the class sends what a node with it reads as the typed message
+    tool = Codec(MessageRegistry(), fmt)  # type: ignore[arg-type]
+    node = Codec(registry, fmt)  # type: ignore[arg-type]
+    sent = tool.encode(
+        envelope(RawMessage("shop.Order", {"item": "tea", "quantity": 2, "price": 1.5}))
+    )
+    assert node.decode(sent).payload == Order("tea", 2, 1.5)  # (defaults fill the rest)
+    full = {"item": "tea", "quantity": 2, "price": 1.5, "tags": [], "note": None}
+    assert tool.encode(envelope(RawMessage("shop.Order", full))) == node.encode(
+        envelope(Order("tea", 2, 1.5))
+    )
+    # and the node checks the data as strictly as ever
+    bad = tool.encode(envelope(RawMessage("Inc", {"n": "5"})))
+    with pytest.raises(InvalidPayload, match=r"\$\.n"):
+        node.decode(bad)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unknown_raw_decodes_unregistered_tags_as_raw_messages(fmt: str) -> None:
+    node = Codec(registry, fmt)  # type: ignore[arg-type]
+    tool = Codec(MessageRegistry(), fmt, unknown="raw")  # type: ignore[arg-type]
+    decoded = tool.decode(node.encode(envelope(Order("tea", 2, 1.5, ["hot"]))))
+    assert decoded.tag == "shop.Order"
+    assert decoded.payload == RawMessage(
+        "shop.Order", {"item": "tea", "quantity": 2, "price": 1.5, "tags": ["hot"], "note": None}
+    )
+    # registered tags and plain values are still typed
+    tool.registry.register(Inc)
+    assert tool.decode(node.encode(envelope(Inc(3)))).payload == Inc(3)
+    assert tool.decode(node.encode(envelope([1, "two"]))).payload == [1, "two"]
+    # a raw message goes back out unchanged
+    again = tool.encode(envelope(decoded.payload))
+    assert node.decode(again).payload == Order("tea", 2, 1.5, ["hot"])
+
+
+def test_unknown_defaults_to_error_and_can_be_switched_per_codec() -> None:
+    data = frame(1, 0, "a@b", None, 1, None, 0, "Nope", {"x": 1})
+    codec = Codec(registry)
+    assert codec.unknown == "error"
+    with pytest.raises(UnknownMessageType, match="'Nope' is not registered"):
+        codec.decode(data)
+    codec.unknown = "raw"
+    assert codec.decode(data).payload == RawMessage("Nope", {"x": 1})
+    with pytest.raises(ValueError, match="use 'error' or 'raw'"):
+        Codec(registry, unknown="ignore")  # type: ignore[arg-type]
+
+
+def test_a_raw_message_with_data_that_cannot_be_encoded_is_refused() -> None:
+    with pytest.raises(NotSerializable):
+        Codec(registry).encode(envelope(RawMessage("Inc", {"n": object()})))
 
 
 def frame(*fields: object) -> bytes:

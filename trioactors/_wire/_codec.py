@@ -16,6 +16,11 @@ lists and dicts of them) travel with the empty tag, for replies such as
 
 Two formats: ``"json"`` (default; standard library ``json``) and
 ``"msgpack"`` (binary, faster and smaller).
+
+A tool that does not have a node's classes (the ``trioactors`` command line)
+speaks in :class:`RawMessage` values: encoding one writes its tag and data as
+given, and a codec with ``unknown="raw"`` decodes a payload whose tag is not
+registered into one instead of refusing it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ __all__ = [
     "Format",
     "Kind",
     "MessageRegistry",
+    "RawMessage",
+    "Unknown",
     "default_registry",
     "message",
 ]
@@ -52,6 +59,8 @@ PLAIN = ""
 """The tag of plain JSON values."""
 
 Format: TypeAlias = Literal["json", "msgpack"]
+Unknown: TypeAlias = Literal["error", "raw"]
+"""What decoding does with a payload whose tag is not registered."""
 C = TypeVar("C", bound=type)
 
 
@@ -84,6 +93,25 @@ class Envelope:
     tag: str
     payload: object
     hops: int = 0
+
+
+@final
+@attrs.frozen
+class RawMessage:
+    """A message as its tag and unstructured data, without its class.
+
+    For tools that talk to nodes whose classes they cannot import: encoding a
+    ``RawMessage`` writes ``tag`` and ``data`` as given (no registry lookup;
+    ``data`` must be plain JSON data, as the class would unstructure to), and
+    a :class:`Codec` with ``unknown="raw"`` decodes payloads of unregistered
+    tags into one. The receiving node checks ``data`` against its class as
+    strictly as any payload.
+
+    .. versionadded:: 0.1
+    """
+
+    tag: str
+    data: object
 
 
 @final
@@ -192,13 +220,27 @@ class Codec:
     Args:
       registry: the message types (default: ``default_registry``).
       format: ``"json"`` (default) or ``"msgpack"``.
+      unknown: what decoding does with a payload whose tag is not registered:
+        ``"error"`` (default) raises :class:`UnknownMessageType`; ``"raw"``
+        returns a :class:`RawMessage` (for tools without the node's classes).
+        Also settable later as the ``unknown`` attribute, e.g. on
+        ``node.codec``.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(self, registry: MessageRegistry | None = None, format: Format = "json") -> None:
+    def __init__(
+        self,
+        registry: MessageRegistry | None = None,
+        format: Format = "json",
+        *,
+        unknown: Unknown = "error",
+    ) -> None:
+        if unknown not in ("error", "raw"):
+            raise ValueError(f"unknown={unknown!r}: use 'error' or 'raw'")
         self.registry = default_registry if registry is None else registry
         self.format = format
+        self.unknown: Unknown = unknown
         if format == "json":
             self._dumps: Callable[[object], bytes] = _json_dumps
             self._loads: Callable[[bytes], object] = json.loads
@@ -219,6 +261,7 @@ class Codec:
 
         With ``raw=True`` the payload is already unstructured data under
         ``envelope.tag`` (a forwarded envelope, decoded with ``structure=False``).
+        A :class:`RawMessage` payload is written as its tag and data.
 
         Raises:
           NotSerializable: the payload's type is not registered, or the payload
@@ -254,6 +297,9 @@ class Codec:
             return tag, self._converter.unstructure(payload, cls)
         if payload is None or cls in (bool, int, float, str, list, dict):
             return PLAIN, payload
+        if cls is RawMessage:
+            assert isinstance(payload, RawMessage)
+            return payload.tag, payload.data
         raise NotSerializable(
             f"{cls.__module__}.{cls.__qualname__} is not a registered message type; "
             f"register it on every node: registry.register({cls.__qualname__}) or "
@@ -271,7 +317,8 @@ class Codec:
 
         Raises:
           MalformedFrame: not an envelope of this protocol version.
-          UnknownMessageType: the payload's tag is not registered.
+          UnknownMessageType: the payload's tag is not registered (unless
+            ``unknown="raw"``: then the payload is a :class:`RawMessage`).
           InvalidPayload: the payload does not fit its registered class.
         """
         try:
@@ -321,9 +368,13 @@ class Codec:
             return data
         cls = self.registry.class_of(tag)
         if cls is None:
+            if self.unknown == "raw":
+                return RawMessage(tag, data)
+            tags = self.registry.tags()  # (the application's before the services' $... tags)
+            known = [t for t in tags if not t.startswith("$")] + [t for t in tags if t[:1] == "$"]
             raise UnknownMessageType(
                 f"message type {tag!r} is not registered on this node "
-                f"(known: {', '.join(self.registry.tags()[:10]) or 'none'})"
+                f"(known: {', '.join(known[:10]) or 'none'}{', ...' if len(known) > 10 else ''})"
             )
         try:
             return self._converter.structure(data, cls)

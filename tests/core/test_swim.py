@@ -114,3 +114,47 @@ def test_a_refuted_suspicion_is_not_declared_dead() -> None:
 def test_a_lone_node_probes_nobody() -> None:
     detector = SwimDetector(MembershipView("me", "me:0"), SwimConfig(), random.Random(5), now=0.0)
     assert run(detector, until=10.0) == []
+
+
+def test_local_health_slows_probing_after_failed_probes_and_recovers() -> None:
+    config = SwimConfig()
+    detector = SwimDetector(cluster(5), config, random.Random(1), now=0.0)
+    assert (detector.period, detector.probe_timeout) == (1.0, 0.5)
+    # every probe fails (we cannot hear anyone): each failed period adds one
+    run(detector, 6.0, dead={f"n{i}" for i in range(5)})
+    assert detector.awareness >= 2
+    assert detector.period == config.protocol_period * (detector.awareness + 1)
+    assert detector.probe_timeout == config.probe_timeout * (detector.awareness + 1)
+    # never beyond the cap
+    for _ in range(2 * config.max_awareness):
+        detector.note_refuted()
+    assert detector.awareness == config.max_awareness
+    # answered probes take it back down to healthy
+    healthy = SwimDetector(cluster(5), config, random.Random(1), now=0.0)
+    for _ in range(config.max_awareness):
+        healthy.note_refuted()
+    run(healthy, 400.0)
+    assert healthy.awareness == 0
+    assert healthy.period == config.protocol_period
+
+
+def test_a_refuted_suspicion_about_ourselves_counts_against_our_health() -> None:
+    detector = SwimDetector(cluster(3), SwimConfig(), random.Random(1), now=0.0)
+    detector.note_refuted()
+    assert detector.awareness == 1
+    assert (
+        SwimDetector(cluster(3), SwimConfig(max_awareness=0), random.Random(1), now=0.0).period
+        == 1.0
+    )
+
+
+def test_a_slow_node_probes_less_often() -> None:
+    # with the score at its cap, a period is (max_awareness + 1) times as long
+    config = SwimConfig()
+    detector = SwimDetector(cluster(5), config, random.Random(1), now=0.0)
+    for _ in range(config.max_awareness):
+        detector.note_refuted()
+    pings = [
+        t for t, a in run(detector, 90.0, dead={f"n{i}" for i in range(5)}) if isinstance(a, Ping)
+    ]
+    assert len(pings) <= 90 / (config.protocol_period * (config.max_awareness + 1)) + 1

@@ -20,6 +20,15 @@ the :class:`MembershipView` merge accepts). The timeout grows with the cluster
 as in memberlist: ``suspicion_mult * max(1, log10(n)) * protocol_period``,
 since a rumour needs more rounds to reach everyone in a bigger cluster.
 
+Local health (Lifeguard's LHM): a node that is itself slow (a saturated CPU,
+a long pause) misses acks that did come, and would suspect healthy members.
+So the detector keeps an *awareness* score, 0 to ``max_awareness``: a probe
+that gets no ack by the end of its period adds one, an acked probe takes one
+off, and :meth:`SwimDetector.note_refuted` (we had to refute a suspicion about
+ourselves) adds one. Its probe period and probe timeout are multiplied by
+``awareness + 1``: a node in trouble probes less often and waits longer, so
+it suspects others less, until its probes succeed again.
+
 The machine does no I/O and reads no clock. The runtime asks
 :meth:`SwimDetector.next_deadline`, sleeps until then (or until an ack
 arrives), and feeds :meth:`on_time` / :meth:`on_ack`; each returns actions:
@@ -64,12 +73,17 @@ class SwimConfig:
     """Members asked to probe indirectly (``IndirectChecks``)."""
     suspicion_mult: float = 4.0
     """Suspicion timeout multiplier (``SuspicionMult``)."""
+    max_awareness: int = 8
+    """Most the local health score slows probing by: up to ``max_awareness + 1``
+    times the period and timeout (``AwarenessMaxMultiplier``); 0 turns it off."""
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.probe_timeout < self.protocol_period:
             raise ValueError("probe_timeout must be positive and shorter than protocol_period")
         if self.indirect_checks < 0 or self.suspicion_mult <= 0:
             raise ValueError("indirect_checks must be >= 0 and suspicion_mult > 0")
+        if self.max_awareness < 0:
+            raise ValueError("max_awareness must be >= 0")
 
     def suspicion_timeout(self, cluster_size: int) -> float:
         """Seconds a suspect has to refute before it is declared dead."""
@@ -135,13 +149,32 @@ class SwimDetector:
         # node then wakes at the same instants (and a real clock loses nothing).
         self._period_start = math.floor(now / config.protocol_period) * config.protocol_period
         self._suspects: dict[str, tuple[float, int]] = {}  # node -> (deadline, incarnation)
+        self.awareness = 0
+        """Local health score: 0 is healthy; see the module docstring."""
+
+    @property
+    def period(self) -> float:
+        """The current protocol period: ``protocol_period * (awareness + 1)``."""
+        return self.config.protocol_period * (self.awareness + 1)
+
+    @property
+    def probe_timeout(self) -> float:
+        """The current probe timeout: ``probe_timeout * (awareness + 1)``."""
+        return self.config.probe_timeout * (self.awareness + 1)
+
+    def note_refuted(self) -> None:
+        """We refuted a suspicion about ourselves: a sign we may be the slow one."""
+        self._health(+1)
+
+    def _health(self, delta: int) -> None:
+        self.awareness = min(self.config.max_awareness, max(0, self.awareness + delta))
 
     def next_deadline(self) -> float:
         """When :meth:`on_time` must be called next."""
-        deadline = self._period_start + self.config.protocol_period
+        deadline = self._period_start + self.period
         probe = self._probe
         if probe is not None and not probe.acked and not probe.indirect_sent:
-            deadline = min(deadline, probe.started + self.config.probe_timeout)
+            deadline = min(deadline, probe.started + self.probe_timeout)
         for suspect_deadline, _ in self._suspects.values():
             deadline = min(deadline, suspect_deadline)
         return deadline
@@ -149,8 +182,9 @@ class SwimDetector:
     def on_ack(self, target: str, seq: int, *, now: float) -> list[MemberChanged]:
         """An ack (direct or relayed) for probe ``seq`` of ``target`` arrived."""
         probe = self._probe
-        if probe is not None and probe.seq == seq and probe.target == target:
+        if probe is not None and probe.seq == seq and probe.target == target and not probe.acked:
             probe.acked = True
+            self._health(-1)
         return self.view.heard_from(target, now=now)
 
     def on_time(self, now: float) -> list[SwimAction]:
@@ -158,14 +192,16 @@ class SwimDetector:
         actions += self._expire_suspicions(now)
         probe = self._probe
         config = self.config
-        if now >= self._period_start + config.protocol_period:
+        period = self.period
+        if now >= self._period_start + period:
             if probe is not None and not probe.acked:
                 changes = self.view.suspect(probe.target, now=now)
                 actions += changes
                 self._watch(probe.target, now)
+                self._health(+1)
             self._probe = probe = None
-            periods = math.floor((now - self._period_start) / config.protocol_period)
-            self._period_start += periods * config.protocol_period  # (skips any missed)
+            periods = math.floor((now - self._period_start) / period)
+            self._period_start += periods * period  # (skips any missed)
         if probe is None:
             target = self._next_target()
             if target is not None:
@@ -175,7 +211,7 @@ class SwimDetector:
         elif (
             not probe.acked
             and not probe.indirect_sent
-            and now >= probe.started + config.probe_timeout
+            and now >= probe.started + self.probe_timeout
         ):
             probe.indirect_sent = True
             helpers = [n for n in self.view.reachable() if n != probe.target]

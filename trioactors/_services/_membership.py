@@ -544,6 +544,9 @@ class Membership:
         for change in changes:
             after = change.after
             if after.node == self.node.name:
+                before = change.before
+                if before is not None and after.incarnation > before.incarnation:
+                    self.detector.note_refuted()  # (Lifeguard: we may be the slow one)
                 continue
             if after.reachable:
                 if transport.address_of(after.node) != after.address:

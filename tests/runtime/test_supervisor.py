@@ -349,3 +349,20 @@ async def test_supervisor_is_unusable_after_its_block() -> None:
         pass
     with pytest.raises(ta.LocalProtocolError, match="not running"):
         await sup.start_actor(Worker, [])
+
+
+async def test_restart_child_stops_and_starts_it_in_place() -> None:
+    journal: list[str] = []
+    with trio.fail_after(10):
+        async with ta.open_supervisor(strategy=ta.ONE_FOR_ALL, intensity=0) as sup:
+            refs = await start_three(sup, journal)
+            journal.clear()
+            # an operator's restart: only that child, whatever the strategy, and
+            # it does not count against the intensity (0 here)
+            assert await sup.restart_child("b") is True
+            assert journal == ["stop b", "start b"]
+            assert await refs[1].ask(Ping()) == "pong"  # the same reference
+            assert [c.restarts for c in sup.children()] == [0, 1, 0]
+            assert await sup.restart_child("nobody") is False
+            await sup.stop_child("c")  # removed: nothing to restart
+            assert await sup.restart_child("c") is False

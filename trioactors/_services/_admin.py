@@ -31,11 +31,10 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVarTuple, final
 import attrs
 import trio
 
-from .._core._supervision import Action, StartChildren, StopChildren
 from .._errors import ActorCrashed, LocalProtocolError, TrioactorsError, UnknownFactory
 from .._runtime._actor import Actor, Request, read_only
-from .._runtime._supervisor import ChildState, _Decided
-from .._runtime._system import ChildRestarted, ChildStarted, ChildStopped, EventsLost
+from .._runtime._supervisor import ChildState
+from .._runtime._system import ChildRestarted, ChildStarted, ChildStopped
 from .._version import __version__
 from .._wire._codec import Envelope, Kind, _converter
 
@@ -549,7 +548,7 @@ class AdminService:
         if found is None:
             return False
         parent, info = found
-        return await _restart_child(parent, info)
+        return await parent.restart_child(info.name)
 
     async def broadcast(self, actor: str, tag: str, data: object) -> int:
         """Tell every ``actor`` in the cluster the message ``tag``/``data``; how many.
@@ -678,37 +677,6 @@ def _is_handling(sup: Supervisor, name: str) -> bool:
         and slot.instance is not None
         and slot.instance.current is not None
     )
-
-
-async def _restart_child(sup: Supervisor, info: ChildInfo) -> bool:
-    """Stop the child gracefully and start it again in its place, as OTP's
-    ``terminate_child`` + ``restart_child`` do.
-
-    The supervisor's manager carries it out, in order with its own decisions
-    (the same stop and start actions it takes after a crash, without the
-    restart policy: an operator's restart does not count against the
-    intensity). The mailbox, what is queued in it and every reference stay.
-    (``Supervisor`` has no public method for this; this is its shape.)
-    """
-    slot = sup._slots.get(info.name)
-    control = sup._control
-    if slot is None or control is None or sup._stopping or slot.state is ChildState.STOPPED:
-        return False
-    generation = slot.generation
-    with sup.system.subscribe() as events:
-        actions: list[Action] = [StopChildren((slot.name,)), StartChildren((slot.name,))]
-        control.send_nowait(_Decided(slot, None, actions))
-        async for event in events:
-            match event:
-                case ChildRestarted(path) if path == slot.path:
-                    return True
-                case ChildStopped(path, "removed") if path == slot.path:
-                    return False  # removed before the supervisor got to it
-                case EventsLost() if slot.generation > generation:
-                    return slot.state is ChildState.RUNNING  # (the event may have been lost)
-                case _:
-                    pass
-    raise AssertionError("unreachable: a subscription never ends")
 
 
 async def start_admin(

@@ -34,7 +34,12 @@ SIZES: Final = tuple(
     int(n) for n in os.environ.get("TRIOACTORS_BENCH_CLUSTERS", "10,100,1000").split(",")
 )
 """Cluster sizes measured (``TRIOACTORS_BENCH_CLUSTERS=10,100`` for a quicker run)."""
-LOSSY_MINUTES: Final = 10
+LOSSY_MINUTES: Final = int(os.environ.get("TRIOACTORS_BENCH_LOSSY_MINUTES", "10"))
+"""Simulated minutes of the false-death runs, up to 300 nodes."""
+LOSSY_MINUTES_LARGE: Final = int(os.environ.get("TRIOACTORS_BENCH_LOSSY_MINUTES_LARGE", "2"))
+"""The same above 300 nodes: at 1000 nodes and 5% loss, suspicions and their
+refutations keep every node gossiping, about a second of real time per
+simulated second; ten minutes would take most of an hour."""
 
 
 @asynccontextmanager
@@ -149,7 +154,7 @@ def membership(rounds: int) -> Iterator[Result]:
     del rounds
     for size in SIZES:
         yield from _run(_scale, size)
-        yield from _run(_lossy, size, LOSSY_MINUTES)
+        yield from _run(_lossy, size, LOSSY_MINUTES if size <= 300 else LOSSY_MINUTES_LARGE)
 
 
 WORKLOADS: dict[str, Callable[[int], Iterable[Result]]] = {"membership": membership}

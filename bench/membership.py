@@ -124,8 +124,8 @@ async def _lossy(size: int, minutes: int) -> list[Result]:
     async with _formed(size, seed=2) as cluster:
         for name, membership in cluster.members.items():
             recorder = await cluster.nodes[name].root.start_actor(
-                _DeathRecorder, name, false_deaths
-            )
+                _DeathRecorder, name, false_deaths, name="$deaths"
+            )  # (a $-name is not announced to the cluster: no names to gossip)
             membership.subscribe(recorder)
         cluster.network.drop(0.05)
         await trio.sleep(60 * minutes)

@@ -171,3 +171,36 @@ def test_claims_travel_as_checked_lists(wire_format: str, claim: object) -> None
     else:
         with pytest.raises(ta.InvalidPayload):
             codec.decode(frame)
+
+
+VALID_NAMES = ["n1", 3, ["worker", "db"]]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        VALID_NAMES,
+        ["n1", "3", ["worker"]],
+        ["n1", 3, "worker"],
+        ["n1", 3, ["worker", 5]],
+        {"node": "n1", "version": 3, "names": []},
+    ],
+)
+def test_name_lists_travel_as_checked_lists(names: object) -> None:
+    registry = ta.MessageRegistry()
+    registry.register(Gossip, "$membership.Gossip")
+    codec = Codec(registry)
+    frame = codec.encode(
+        Envelope(Kind.TELL, "$membership@n2", None, 1, None, "", Gossip([], [], "n1"))
+    )
+    raw = codec.decode(frame, structure=False)
+    frame = codec.encode(
+        attrs.evolve(raw, payload={"claims": [], "names": [names], "origin": "n1"}), raw=True
+    )
+    if names is VALID_NAMES:
+        decoded = codec.decode(frame)
+        assert isinstance(decoded.payload, Gossip)
+        assert decoded.payload.names[0].names == ["worker", "db"]
+    else:
+        with pytest.raises(ta.InvalidPayload):
+            codec.decode(frame)

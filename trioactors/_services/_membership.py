@@ -175,11 +175,31 @@ def _claim_from_wire(data: object, _: type) -> _Claim:
     raise ValueError(f"a claim is [node, address, state, incarnation], not {data!r:.80}")
 
 
-# Claims travel as 4-item lists, not objects: a full-state sync carries one per
-# member, and a generic converter costs several times more per claim.
+def _names_to_wire(names: _Names) -> list[object]:
+    return [names.node, names.version, names.names]
+
+
+def _names_from_wire(data: object, _: type) -> _Names:
+    if type(data) is list and len(data) == 3:
+        node, version, names = data
+        if (
+            type(node) is str
+            and type(version) is int
+            and type(names) is list
+            and all(type(n) is str for n in names)
+        ):
+            return _Names(node, version, names)
+    raise ValueError(f"a name list is [node, version, [names...]], not {data!r:.80}")
+
+
+# Claims and name lists travel as short lists, not objects: a full-state sync
+# carries one of each per member, and a generic converter costs several times
+# more per item.
 for _format in ("json", "msgpack"):
     _converter(_format).register_unstructure_hook(_Claim, _claim_to_wire)
     _converter(_format).register_structure_hook(_Claim, _claim_from_wire)
+    _converter(_format).register_unstructure_hook(_Names, _names_to_wire)
+    _converter(_format).register_structure_hook(_Names, _names_from_wire)
 
 
 def _register(node: Node) -> None:

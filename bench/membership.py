@@ -38,8 +38,8 @@ LOSSY_MINUTES: Final = int(os.environ.get("TRIOACTORS_BENCH_LOSSY_MINUTES", "10"
 """Simulated minutes of the false-death runs, up to 300 nodes."""
 LOSSY_MINUTES_LARGE: Final = int(os.environ.get("TRIOACTORS_BENCH_LOSSY_MINUTES_LARGE", "2"))
 """The same above 300 nodes: at 1000 nodes and 5% loss, suspicions and their
-refutations keep every node gossiping, several seconds of real time per
-simulated second; ten minutes would take most of an hour."""
+refutations keep every node gossiping, more than a second of real time per
+simulated second: ten minutes would take a quarter of an hour."""
 
 
 @asynccontextmanager

@@ -54,15 +54,15 @@ from ._services._admin import (
     register_admin_messages,
 )
 from ._wire._codec import MessageRegistry, RawMessage, _converter
-from ._wire._handshake import ClientHandshake, Established, Failed, Role, Send
-from .transports import PROTOCOL_VERSION, TcpTransport, TransportConfig, WebSocketTransport
+from ._wire._handshake import Role
+from .transports import TcpTransport, TransportConfig, WebSocketTransport
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from ._runtime._node import Node
     from ._wire._codec import Format
-    from .transports._stream import FrameStream, StreamTransport
+    from .transports._stream import StreamTransport
 
 __all__ = [
     "ADMIN",
@@ -207,35 +207,18 @@ class Client:
         (Node connections are made by name; an operator gives an address.)
         """
         settings = self.settings
-        config = self._transport.config
-        observer = config.role is Role.OBSERVER
-        machine = ClientHandshake(
-            node=self.node.name,
-            address=self.node.address,
-            secret=(config.read_only_secret or b"") if observer else config.secret,
-            version=PROTOCOL_VERSION,
-            role=config.role,
-        )
+        observer = self._transport.config.role is Role.OBSERVER
         outcome: str | BaseException
         try:
-            async with trio.open_nursery() as nursery:  # (the stream's background tasks)
-                try:
-                    with trio.fail_after(settings.timeout):
-                        stream = await self._transport.connect_stream(address, nursery)
-                        try:
-                            outcome = await _handshake(stream, machine)
-                        finally:
-                            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                                await _close_quietly(stream)
-                except Exception as exc:
-                    outcome = exc
-                finally:
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:  # a background task of the stream failed
+            with trio.fail_after(settings.timeout):
+                outcome = (await self._transport.identify(address)).node
+        except BaseExceptionGroup as group:  # (from the connection's nursery)
             leaf = _first_leaf(group)
             if not isinstance(leaf, Exception):
                 raise
             outcome = leaf
+        except Exception as exc:
+            outcome = exc
         if isinstance(outcome, str):
             return outcome
         which = "read-only secret" if observer else "secret"
@@ -449,24 +432,6 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[Client]:
         if serving or not isinstance(leaf, OSError):
             raise
         raise CommandError(f"cannot listen on {listen}: {_reason(leaf)}", EXIT_USAGE) from None
-
-
-async def _handshake(stream: FrameStream, machine: ClientHandshake) -> str:
-    await stream.send_frame(machine.start())
-    while True:
-        for action in machine.receive(await stream.receive_frame()):
-            match action:
-                case Send(message):
-                    await stream.send_frame(message)
-                case Established(peer):
-                    return peer.node
-                case Failed(error):
-                    raise error
-
-
-async def _close_quietly(stream: FrameStream) -> None:
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        await stream.aclose()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -545,18 +545,38 @@ class StreamTransport(Transport):
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _outgoing(self, entry: _Peer, nursery: trio.Nursery) -> bool:
-        address = entry.address
+    def _client_handshake(self, peer_role: Role = Role.MEMBER) -> ClientHandshake:
+        """The handshake for connecting out: as an observer if we are one or the peer is."""
         config = self.config
-        observer = config.role is Role.OBSERVER or entry.role is Role.OBSERVER
+        observer = config.role is Role.OBSERVER or peer_role is Role.OBSERVER
         key = config.read_only_secret if observer else config.secret
-        machine = ClientHandshake(
+        return ClientHandshake(
             node=self._node,
             address=self._address,
             secret=b"" if key is None else key,
             version=PROTOCOL_VERSION,
             role=Role.OBSERVER if observer else Role.MEMBER,
         )
+
+    async def identify(self, address: str) -> PeerInfo:
+        """Connect to ``address``, authenticate, hang up: who is there.
+
+        For tools that are given an address, not a name (connections are
+        made by name). Raises what a connection attempt raises (OSError,
+        AuthenticationFailed, ...); bound it with a timeout.
+        """
+        async with trio.open_nursery() as nursery:  # (the stream's background tasks)
+            stream = await self.connect_stream(address, nursery)
+            try:
+                return await _drive(stream, self._client_handshake())
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await _close_quietly(stream)
+                nursery.cancel_scope.cancel()
+
+    async def _outgoing(self, entry: _Peer, nursery: trio.Nursery) -> bool:
+        address = entry.address
+        machine = self._client_handshake(entry.role)
         stream: FrameStream | None = None
         try:
             try:

@@ -204,3 +204,16 @@ def test_name_lists_travel_as_checked_lists(names: object) -> None:
     else:
         with pytest.raises(ta.InvalidPayload):
             codec.decode(frame)
+
+
+def test_push_pull_is_stretched_in_big_clusters_as_in_memberlist() -> None:
+    config = MembershipConfig()
+    assert [config.push_pull_period(n) for n in (1, 32, 33, 64, 65, 200, 1000)] == [
+        30.0,
+        30.0,
+        60.0,
+        60.0,
+        90.0,
+        120.0,
+        180.0,
+    ]

@@ -364,3 +364,37 @@ def test_faults_are_reproducible_from_a_seed() -> None:
     assert any(o.endswith("timeout") for o in first)
     assert any(not o.endswith("timeout") for o in first)  # and the node kept serving
     assert run(12) != first
+
+
+class Recorder(ta.Actor[Add | Total]):
+    """Logs the amounts in the order they arrive; Total answers how many."""
+
+    def __init__(self, log: list[int]) -> None:
+        self.log = log
+
+    async def receive(self, message: Add | Total) -> int | None:
+        if isinstance(message, Add):
+            self.log.append(message.amount)
+            return None
+        return len(self.log)
+
+
+async def test_frames_queued_for_a_node_keep_their_order_behind_later_sends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # While a node cannot be reached, what is sent to it waits in its outbox;
+    # sends made after it comes back must not overtake what waits there.
+    network = MemoryNetwork(seed=7)
+    with trio.fail_after(60):
+        async with cluster("a", "b", network=network) as nodes:
+            log: list[int] = []
+            await nodes["b"].root.start_actor(Recorder, log, name="recorder")
+            ref = nodes["a"].ref("recorder@b")
+            network.partition(["a"], ["b"])
+            for i in range(5):
+                ref.tell_nowait(Add(i))  # queued: no link can be made
+            network.heal()
+            ref.tell_nowait(Add(5))
+            await ref.tell(Add(6))
+            assert await ref.ask(Total()) == 7
+            assert log == list(range(7))

@@ -9,6 +9,18 @@ from __future__ import annotations
 
 import contextlib
 
+from ._core._balance import STRATEGY_NAMES as STRATEGY_NAMES
+from ._core._balance import BalanceStrategy as BalanceStrategy
+from ._core._balance import Candidate as Candidate
+from ._core._balance import ConsistentHash as ConsistentHash
+from ._core._balance import LeastLoaded as LeastLoaded
+from ._core._balance import LowestLatency as LowestLatency
+from ._core._balance import RandomChoice as RandomChoice
+from ._core._balance import RoundRobin as RoundRobin
+from ._core._balance import strategy_by_name as strategy_by_name
+from ._core._jobs import Job as Job
+from ._core._jobs import JobKind as JobKind
+from ._core._jobs import JobResult as JobResult
 from ._core._membership import Member as Member
 from ._core._membership import MemberChanged as MemberChanged
 from ._core._membership import MemberState as MemberState
@@ -23,12 +35,17 @@ from ._errors import AskDeadlock as AskDeadlock
 from ._errors import AskTimeout as AskTimeout
 from ._errors import AuthenticationFailed as AuthenticationFailed
 from ._errors import FrameTooLarge as FrameTooLarge
+from ._errors import InvalidJobPayload as InvalidJobPayload
 from ._errors import InvalidPayload as InvalidPayload
+from ._errors import JobError as JobError
+from ._errors import JobFailed as JobFailed
+from ._errors import JobTimeout as JobTimeout
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MalformedFrame as MalformedFrame
 from ._errors import NameTaken as NameTaken
 from ._errors import NodeCrashed as NodeCrashed
 from ._errors import NodeUnreachable as NodeUnreachable
+from ._errors import NoMatchingWorker as NoMatchingWorker
 from ._errors import NotSerializable as NotSerializable
 from ._errors import ProtocolVersionMismatch as ProtocolVersionMismatch
 from ._errors import RemoteProtocolError as RemoteProtocolError
@@ -38,7 +55,9 @@ from ._errors import TrioactorsError as TrioactorsError
 from ._errors import Unauthorized as Unauthorized
 from ._errors import UnhandledMessage as UnhandledMessage
 from ._errors import UnknownFactory as UnknownFactory
+from ._errors import UnknownJobKind as UnknownJobKind
 from ._errors import UnknownMessageType as UnknownMessageType
+from ._errors import WorkerLost as WorkerLost
 from ._open import open_node as open_node
 from ._runtime._actor import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from ._runtime._actor import Actor as Actor
@@ -84,6 +103,17 @@ from ._services._admin import Spawn as Spawn
 from ._services._admin import StopActor as StopActor
 from ._services._admin import register_admin_messages as register_admin_messages
 from ._services._admin import start_admin as start_admin
+from ._services._jobs import DEFAULT_JOB_TIMEOUT as DEFAULT_JOB_TIMEOUT
+from ._services._jobs import DescribeWorker as DescribeWorker
+from ._services._jobs import JobQueue as JobQueue
+from ._services._jobs import JobQueueStatistics as JobQueueStatistics
+from ._services._jobs import ResultStream as ResultStream
+from ._services._jobs import WorkerInfo as WorkerInfo
+from ._services._jobs import WorkerPool as WorkerPool
+from ._services._jobs import WorkerPoolStatistics as WorkerPoolStatistics
+from ._services._jobs import register_job_messages as register_job_messages
+from ._services._jobs import start_job_queue as start_job_queue
+from ._services._jobs import start_worker_pool as start_worker_pool
 from ._services._membership import Membership as Membership
 from ._services._membership import MembershipConfig as MembershipConfig
 from ._services._membership import start_membership as start_membership

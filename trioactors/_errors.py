@@ -15,10 +15,15 @@ __all__ = [
     "AskTimeout",
     "AuthenticationFailed",
     "FrameTooLarge",
+    "InvalidJobPayload",
     "InvalidPayload",
+    "JobError",
+    "JobFailed",
+    "JobTimeout",
     "LocalProtocolError",
     "MalformedFrame",
     "NameTaken",
+    "NoMatchingWorker",
     "NodeCrashed",
     "NodeUnreachable",
     "NotSerializable",
@@ -30,7 +35,9 @@ __all__ = [
     "Unauthorized",
     "UnhandledMessage",
     "UnknownFactory",
+    "UnknownJobKind",
     "UnknownMessageType",
+    "WorkerLost",
 ]
 
 
@@ -210,3 +217,77 @@ class NodeCrashed(TrioactorsError):
     def __init__(self, node: str) -> None:
         super().__init__(f"node {node!r} was crashed by the fault plan")
         self.node = node
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+class JobError(TrioactorsError):
+    """A job ended without a result.
+
+    ``JobQueue.submit`` raises it; in a stream of results
+    (``JobQueue.submit_many``) it is the result's ``error``. The subclass says
+    why; the message names the job and, where one was involved, the worker.
+
+    .. versionadded:: 0.1
+    """
+
+
+class UnknownJobKind(JobError, LookupError):
+    """No worker handles jobs of this kind.
+
+    Either no worker the queue knows has a handler for the kind (the queue
+    fails the job at once, without sending it), or the worker it was sent to
+    has none (its handlers changed). Register a handler for the kind on some
+    node's worker pool.
+
+    .. versionadded:: 0.1
+    """
+
+
+class NoMatchingWorker(JobError, LookupError):
+    """Workers handle the job's kind, but none offers every tag it requires.
+
+    .. versionadded:: 0.1
+    """
+
+
+class InvalidJobPayload(JobError, TypeError):
+    """A job's payload does not fit its handler's payload type, or its result
+    does not fit the result type the submitter expects (or cannot be sent).
+
+    .. versionadded:: 0.1
+    """
+
+
+class JobFailed(JobError):
+    """The job's handler raised.
+
+    ``error_type`` is the name of the exception's class (the exception itself
+    stays on the worker, where it is logged with its traceback).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, error_type: str = "") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class JobTimeout(JobError, TimeoutError):
+    """The job's deadline passed before its result arrived.
+
+    The job may still run to its end on the worker; a late result is
+    recognised, ignored and counted.
+
+    .. versionadded:: 0.1
+    """
+
+
+class WorkerLost(JobError, ConnectionError):
+    """The worker running the job went away (its node was declared dead or
+    left, or could not be reached) before the result came back. The job may
+    or may not have run.
+
+    .. versionadded:: 0.1
+    """

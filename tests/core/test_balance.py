@@ -16,7 +16,6 @@ from trioactors._core._balance import (
     BalanceStrategy,
     Candidate,
     ConsistentHash,
-    Job,
     LeastLoaded,
     LowestLatency,
     RandomChoice,
@@ -25,6 +24,7 @@ from trioactors._core._balance import (
     eligible,
     strategy_by_name,
 )
+from trioactors._core._jobs import Job
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -58,12 +58,13 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Iterable, Sequence
 
+    from ._jobs import Job
+
 __all__ = [
     "STRATEGY_NAMES",
     "BalanceStrategy",
     "Candidate",
     "ConsistentHash",
-    "Job",
     "LeastLoaded",
     "LowestLatency",
     "RandomChoice",
@@ -122,28 +123,12 @@ class Candidate:
         """Whether the worker runs as many jobs as it can."""
         return self.in_flight >= self.capacity
 
-    def can_take(self, job: Job) -> bool:
+    def can_take(self, job: Job[object]) -> bool:
         """Whether the worker offers every tag the job requires and is not full."""
         return self.in_flight < self.capacity and job.tags <= self.tags
 
 
-@final
-@attrs.frozen
-class Job:
-    """What a strategy needs to know about a job.
-
-    .. versionadded:: 0.1
-    """
-
-    kind: str
-    """The job's kind (its handler's name); :class:`RoundRobin` keeps one turn per kind."""
-    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_tags, kw_only=True)
-    """The capabilities a worker must offer to run the job, e.g. ``{"gpu"}`` (any iterable)."""
-    key: str | None = attrs.field(default=None, kw_only=True)
-    """The affinity key for :class:`ConsistentHash` (e.g. the data the job works on)."""
-
-
-def eligible(job: Job, candidates: Iterable[Candidate]) -> list[Candidate]:
+def eligible(job: Job[object], candidates: Iterable[Candidate]) -> list[Candidate]:
     """The candidates that can take ``job`` (see :meth:`Candidate.can_take`), in order.
 
     .. versionadded:: 0.1
@@ -159,7 +144,7 @@ class BalanceStrategy(Protocol):
     .. versionadded:: 0.1
     """
 
-    def choose(self, job: Job, candidates: Sequence[Candidate]) -> Candidate | None:
+    def choose(self, job: Job[object], candidates: Sequence[Candidate]) -> Candidate | None:
         """One of ``candidates`` that can take ``job``, or ``None`` if none can."""
         ...
 
@@ -180,7 +165,7 @@ class RandomChoice:
     def __repr__(self) -> str:
         return "RandomChoice()"
 
-    def choose(self, job: Job, candidates: Sequence[Candidate]) -> Candidate | None:
+    def choose(self, job: Job[object], candidates: Sequence[Candidate]) -> Candidate | None:
         fits = eligible(job, candidates)
         return self._rng.choice(fits) if fits else None
 
@@ -209,7 +194,7 @@ class RoundRobin:
     def __repr__(self) -> str:
         return f"RoundRobin(kinds={len(self._last)})"
 
-    def choose(self, job: Job, candidates: Sequence[Candidate]) -> Candidate | None:
+    def choose(self, job: Job[object], candidates: Sequence[Candidate]) -> Candidate | None:
         last = self._last.get(job.kind)
         first: Candidate | None = None  # the smallest address that fits
         after: Candidate | None = None  # the smallest address after `last` that fits
@@ -268,7 +253,7 @@ class LeastLoaded:
     def __repr__(self) -> str:
         return f"LeastLoaded(sample={self.sample})"
 
-    def choose(self, job: Job, candidates: Sequence[Candidate]) -> Candidate | None:
+    def choose(self, job: Job[object], candidates: Sequence[Candidate]) -> Candidate | None:
         fits = eligible(job, candidates)
         if not fits:
             return None
@@ -305,7 +290,7 @@ class LowestLatency:
     def __repr__(self) -> str:
         return "LowestLatency()"
 
-    def choose(self, job: Job, candidates: Sequence[Candidate]) -> Candidate | None:
+    def choose(self, job: Job[object], candidates: Sequence[Candidate]) -> Candidate | None:
         fits = eligible(job, candidates)
         if not fits:
             return None
@@ -416,7 +401,7 @@ class ConsistentHash:
             updates=self._updates,
         )
 
-    def choose(self, job: Job, candidates: Sequence[Candidate]) -> Candidate | None:
+    def choose(self, job: Job[object], candidates: Sequence[Candidate]) -> Candidate | None:
         if job.key is None:
             if self.fallback is not None:
                 return self.fallback.choose(job, candidates)

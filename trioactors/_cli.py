@@ -150,6 +150,20 @@ def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 )
 @click.option("--events", is_flag=True, help="Print membership changes as JSON lines.")
 @click.option(
+    "--workers",
+    type=click.IntRange(0, 1024),
+    default=2,
+    show_default=True,
+    help="Jobs the node's worker pool runs at once (the example jobs); 0: no pool.",
+)
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="A capability the worker pool offers to jobs that require it, e.g. gpu (repeatable).",
+)
+@click.option(
     "--ignore-stdin",
     is_flag=True,
     help="Keep running when standard input closes (under a service manager); "

@@ -15,7 +15,10 @@ also come from a TOML file (``--config``; see :func:`load_settings`), which
 options on the command line override.
 
 The node runs the admin service (``$admin``: ``trioactors status``, ``drain``,
-``shutdown``...) and membership. Once serving, the command prints one JSON
+``shutdown``...), membership, and (unless ``--workers 0``) a worker pool,
+``jobs:worker``, that runs the example jobs of :mod:`trioactors.examples`
+(echo, sleep, digest, the word count's map and reduce) on ``--workers``
+concurrent tasks, offering the ``--tag`` capabilities. Once serving, the command prints one JSON
 line ``{"name": ..., "address": ...}`` and runs until its standard input
 closes (unless ``--ignore-stdin``: the parent process is done with it), until
 SIGTERM or SIGINT, or until an operator shuts it down. The last two leave the
@@ -43,6 +46,7 @@ import attrs
 import trio
 
 import trioactors as ta
+from trioactors import examples
 from trioactors._services._admin import start_admin
 from trioactors._wire._address import check_node_name
 from trioactors.transports import TcpTransport, TransportConfig, WebSocketTransport
@@ -190,6 +194,8 @@ class NodeSettings:
     read_only_secret_file: str | None = None
     events: bool = False
     ignore_stdin: bool = False
+    workers: int = 2
+    tags: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -198,6 +204,11 @@ class NodeSettings:
             raise SettingsError(str(exc)) from None
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be 0-65535, not {self.port}")
+        if not 0 <= self.workers <= 1024:
+            raise SettingsError(f"workers must be 0-1024, not {self.workers}")
+        for tag in self.tags:
+            if not tag or "," in tag or tag != tag.strip():
+                raise SettingsError(f"invalid tag {tag!r}: a tag is a non-empty word")
         if self.transport not in _TRANSPORTS:
             raise SettingsError(f"transport must be 'ws' or 'tcp', not {self.transport!r}")
         if self.wire_format not in ("json", "msgpack"):
@@ -227,6 +238,8 @@ _KEYS: Final[dict[str, tuple[type, str]]] = {
     "read_only_secret_file": (str, "a string"),
     "events": (bool, "true or false"),
     "ignore_stdin": (bool, "true or false"),
+    "workers": (int, "an integer"),
+    "tags": (list, "a list of strings"),
 }
 
 
@@ -244,6 +257,8 @@ def load_settings(path: str) -> dict[str, object]:
         read_only_secret_file = "read-only-secret"
         events = false
         ignore_stdin = true
+        workers = 2                 # jobs run at once (0: no worker pool)
+        tags = ["gpu"]              # capabilities offered to jobs
         [join]
         node-0 = "ws://10.0.0.2:7000"
         [peer]
@@ -270,6 +285,10 @@ def load_settings(path: str) -> dict[str, object]:
             raise SettingsError(
                 f"{path}: {key} must be {description}, not {_toml_type(value)} {value!r:.40}"
             )
+        if isinstance(value, list):
+            if not all(type(item) is str for item in value):
+                raise SettingsError(f"{path}: {key} must be {description}, not {value!r:.40}")
+            value = tuple(value)
         if isinstance(value, dict):
             for name, address in value.items():
                 if type(address) is not str:
@@ -319,6 +338,8 @@ def merge_settings(
         read_only_secret_file=cast("str | None", pick("read_only_secret_file")),
         events=cast("bool", pick("events")),
         ignore_stdin=cast("bool", pick("ignore_stdin")),
+        workers=cast("int", pick("workers")),
+        tags=tuple(cast("Collection[str]", pick("tags"))),
     )
 
 
@@ -388,6 +409,10 @@ async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: byte
             "slow": SlowActor,
         }
         admin = await start_admin(node, membership=membership, factories=factories)
+        if settings.workers:
+            await ta.start_worker_pool(
+                node, examples.HANDLERS, concurrency=settings.workers, tags=settings.tags
+            )
         printer = None
         if settings.events:
             printer = await node.root.start_actor(

@@ -182,6 +182,29 @@ async def test_delay_keeps_fifo_per_link(autojump_clock: trio.testing.MockClock)
         assert len({peer for _, peer, _ in sim.nodes["b"].got[:100]}) == 2  # interleaved
 
 
+async def test_delay_between_groups(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork(seed=5, latency=0.001)
+    async with open_sim(network, "a", "b", "c") as sim:
+        network.delay(0.05, between=(["a"], None))  # a is far from everyone
+        network.delay(0.2, between=(["a"], ["c"]))  # and farther from c (the latest rule wins)
+
+        async def one_way(src: str, dst: str) -> float:
+            start = trio.current_time()
+            await sim[src].send(dst, b"x")
+            await network.wait_delivered()
+            return sim.nodes[dst].got[-1][0] - start
+
+        assert await one_way("a", "b") == pytest.approx(0.051)
+        assert await one_way("b", "a") == pytest.approx(0.051)
+        assert await one_way("c", "a") == pytest.approx(0.201)
+        assert await one_way("b", "c") == pytest.approx(0.001)
+        network.delay(0.0)  # the default; clears the group rules
+        assert await one_way("a", "c") == pytest.approx(0.001)
+        network.delay(0.5, between=(["b"], None))
+        network.clear()
+        assert await one_way("a", "b") == pytest.approx(0.001)
+
+
 async def test_duplicate(autojump_clock: trio.testing.MockClock) -> None:
     network = MemoryNetwork(seed=4)
     async with open_sim(network, "a", "b") as sim:

@@ -251,6 +251,7 @@ class MemoryNetwork:
         self._drop_rate = 0.0
         self._drop_rules: list[tuple[_Group, _Group | None, float]] = []
         self._delay: tuple[float, float] | None = None
+        self._delay_rules: list[tuple[_Group, _Group | None, tuple[float, float] | None]] = []
         self._duplicate = 0.0
         self._reorder = 0.0
         self._reorder_window = 0.1
@@ -320,16 +321,34 @@ class MemoryNetwork:
         else:
             self._drop_rules.append((*_groups(*between), rate))
 
-    def delay(self, low: float, high: float | None = None) -> None:
+    def delay(
+        self,
+        low: float,
+        high: float | None = None,
+        *,
+        between: tuple[Iterable[str], Iterable[str] | None] | None = None,
+    ) -> None:
         """Delay each frame sent from now on by an extra ``uniform(low, high)`` seconds.
 
         ``high`` defaults to ``low`` (a fixed delay); ``delay(0)`` turns it off.
         Frames on one link still arrive in order.
+
+        Args:
+          between: ``(group_a, group_b)``: delay only frames from one group to
+            the other (either way; ``group_b=None`` means every node not in
+            ``group_a``), e.g. to put some nodes farther away. The latest
+            matching rule wins. Without it, the delay becomes the default and
+            all group rules are removed.
         """
         high = low if high is None else high
         if not (0.0 <= low <= high < math.inf):
             raise ValueError(f"need 0 <= low <= high < inf, not low={low!r} high={high!r}")
-        self._delay = None if high == 0 else (float(low), float(high))
+        delay = None if high == 0 else (float(low), float(high))
+        if between is None:
+            self._delay = delay
+            self._delay_rules.clear()
+        else:
+            self._delay_rules.append((*_groups(*between), delay))
 
     def duplicate(self, rate: float) -> None:
         """Deliver each frame sent from now on twice with probability ``rate``."""
@@ -363,7 +382,7 @@ class MemoryNetwork:
     def clear(self) -> None:
         """Remove every fault but crashes: drops, delays, duplicates, reordering, partitions."""
         self.drop(0.0)
-        self._delay = None
+        self.delay(0.0)
         self._duplicate = self._reorder = 0.0
         self.heal()
 
@@ -520,8 +539,12 @@ class MemoryNetwork:
 
     def _schedule(self, link: _Link, data: bytes, frame_id: int, now: float) -> None:
         due = now + self.latency
-        if self._delay is not None:
-            due += self._rng.uniform(*self._delay)
+        delay = self._delay
+        for group_a, group_b, rule in self._delay_rules:
+            if _crosses(group_a, group_b, link.src.name, link.dst.name):
+                delay = rule
+        if delay is not None:
+            due += self._rng.uniform(*delay)
         if self._reorder and self._rng.random() < self._reorder:
             due += self._rng.uniform(0.0, self._reorder_window)
             self._reordered += 1

@@ -194,12 +194,16 @@ class WorkerView:
     """The pool refused a job as busy: take it as full until it reports again."""
 
     def candidate(self) -> Candidate:
-        outstanding = max(self.sent, self.reported)
-        in_flight = self.slots if self.full_until_report else outstanding
+        # Room is counted in this coordinator's own jobs (exact and fresh);
+        # jobs of other coordinators show in the reported load, and when they
+        # fill the pool it refuses, which marks it full until it reports again.
+        # (Counting reported jobs as taken slots would leave a coordinator
+        # waiting on a stale report for up to a refresh interval.)
+        in_flight = self.slots if self.full_until_report else self.sent
         return Candidate(
             worker=self.worker,
             node=self.node,
-            load=outstanding / max(1, self.concurrency),
+            load=max(self.sent, self.reported) / max(1, self.concurrency),
             capacity=self.slots,
             in_flight=min(in_flight, self.slots),
             rtt=self.rtt,
@@ -243,9 +247,10 @@ class WorkerTable:
         outstanding: int,
         rtt: float | None = None,
     ) -> bool:
-        """Record what a worker said about itself; True if it is new."""
+        """Record what a worker said about itself; True if it is new or its
+        kinds or tags changed."""
         view = self._workers.get(worker)
-        new = view is None
+        new = view is None or view.kinds != frozenset(kinds) or view.tags != frozenset(tags)
         if view is None:
             view = self._workers[worker] = WorkerView(
                 worker=worker,
@@ -303,10 +308,7 @@ class WorkerTable:
 
     def has_room(self) -> bool:
         """Whether any worker could take another job (of some kind)."""
-        return any(
-            not v.full_until_report and max(v.sent, v.reported) < v.slots
-            for v in self._workers.values()
-        )
+        return any(not v.full_until_report and v.sent < v.slots for v in self._workers.values())
 
     def placeable(self, job: Job[object]) -> Literal["yes", "kind", "tags"]:
         """Whether some worker could ever take ``job``: ``"yes"``, or why not:

@@ -160,6 +160,10 @@ def _error_from(tag: str, text: str) -> TrioactorsError:
     return _REMOTE_ERRORS.get(tag, TrioactorsError)(text)
 
 
+_NO_ACTOR = "$ask"
+_NO_ACTOR_PREFIX = f"{_NO_ACTOR}@"
+
+
 @final
 class Node:
     """An actor system with a name, reachable from other nodes.
@@ -316,10 +320,12 @@ class Node:
 
     def _reply_address(self) -> str:
         current = _frame.get()[0]
-        return f"{current.name}@{self.name}" if current is not None else f"$ask@{self.name}"
+        return f"{current.name}@{self.name}" if current is not None else f"{_NO_ACTOR}@{self.name}"
 
     def _sender_ref(self, address: str | None) -> ActorRef[object] | None:
-        if address is None or address.startswith("$"):
+        # (System actors, named "$...", are senders like any other; "$ask" is
+        # the reply address of an ask from outside any actor: no sender.)
+        if address is None or address.startswith(_NO_ACTOR_PREFIX):
             return None
         ref = self._senders.get(address)
         if ref is None:

@@ -133,7 +133,7 @@ class JobQueueStatistics:
 
 @final
 class _Pending:
-    __slots__ = ("deadline", "done", "job", "sent_at", "submitted", "worker")
+    __slots__ = ("deadline", "done", "job", "need", "sent_at", "submitted", "worker")
 
     def __init__(
         self, job: Job[object], deadline: float, done: Callable[[JobResult[object]], None]
@@ -144,6 +144,7 @@ class _Pending:
         self.submitted = trio.current_time()
         self.worker: str | None = None
         self.sent_at = 0.0
+        self.need = 0  # no known worker can take it: fail after discovery round `need`
 
 
 @final
@@ -183,6 +184,9 @@ class JobQueue:
         self._rediscover = trio.Event()
         self._changed = trio.Event()  # set when the table of workers changes
         self._ready = trio.Event()  # set after the first round of discovery
+        self._unknown: list[_Pending] = []  # jobs no known worker can take (yet)
+        self._rounds_started = 0
+        self._rounds_done = 0
         self._counts = dict.fromkeys(
             (
                 "submitted",
@@ -305,8 +309,11 @@ class JobQueue:
         if len(self._deadlines) > 64 and len(self._deadlines) > 2 * len(self._pending):
             self._deadlines = [(d, s, i) for d, s, i in self._deadlines if i in self._pending]
             heapq.heapify(self._deadlines)
-        self._waiting.append(pending)
-        self._wake_dispatch.set()
+        if self.table.placeable(job) == "yes":
+            self._waiting.append(pending)
+            self._wake_dispatch.set()
+        else:
+            self._park(pending)
         return job
 
     def _abandon(self, job_id: str) -> None:
@@ -366,12 +373,8 @@ class JobQueue:
             job = pending.job
             if self._pending.get(job.id) is not pending:
                 continue  # abandoned, or timed out while waiting
-            why = self.table.placeable(job)
-            if why != "yes":
-                if self._ready.is_set():
-                    self._unplaceable(pending, why)
-                else:
-                    skipped.append(pending)
+            if self.table.placeable(job) != "yes":  # its workers went away
+                self._park(pending)
                 continue
             chosen = self.strategy.choose(job, self.table.candidates(job.kind))
             if chosen is None:
@@ -379,6 +382,47 @@ class JobQueue:
                 continue
             await self._send(pending, chosen.worker)
         self._waiting.extendleft(reversed(skipped))
+
+    def _park(self, pending: _Pending) -> None:
+        """No known worker can take the job: ask the pools again before giving up.
+
+        A pool may have registered the kind, or joined, since the last round;
+        the verdict waits for a round that starts after this moment.
+        """
+        pending.need = self._rounds_started + 1
+        self._unknown.append(pending)
+        self._rediscover.set()
+
+    def _recheck(self) -> None:
+        """After a round of discovery: place or fail the parked jobs; park the
+        waiting jobs that no worker can take any more (workers went away)."""
+        parked, self._unknown = self._unknown, []
+        back: list[_Pending] = []
+        for pending in parked:
+            if self._pending.get(pending.job.id) is not pending:
+                continue
+            why = self.table.placeable(pending.job)
+            if why == "yes":
+                back.append(pending)
+            elif self._rounds_done >= pending.need:
+                self._unplaceable(pending, why)
+            else:
+                self._unknown.append(pending)
+        self._waiting.extendleft(reversed(back))
+        if back:
+            self._wake_dispatch.set()
+
+    def _recheck_waiting(self) -> None:
+        """Workers went away: park the waiting jobs that none of the rest can take."""
+        keep: deque[_Pending] = deque()
+        for pending in self._waiting:
+            if self._pending.get(pending.job.id) is not pending:
+                continue
+            if self.table.placeable(pending.job) == "yes":
+                keep.append(pending)
+            else:
+                self._park(pending)
+        self._waiting = keep
 
     def _unplaceable(self, pending: _Pending, why: str) -> None:
         job = pending.job
@@ -495,6 +539,7 @@ class JobQueue:
                         f"whose node is {change.after.state.name.lower()}"
                     ),
                 )
+        self._recheck_waiting()
 
     async def _deadline_loop(self) -> None:
         """Fail the jobs whose deadline passed: one cancel scope at the earliest deadline."""
@@ -522,7 +567,11 @@ class JobQueue:
 
     async def _discover_loop(self) -> None:
         while True:
-            await self._discover()
+            self._rounds_started += 1
+            if await self._discover():
+                self._recheck_waiting()
+            self._rounds_done += 1
+            self._recheck()
             self._ready.set()
             self._wake_dispatch.set()
             with trio.move_on_after(self.refresh_interval):
@@ -537,16 +586,17 @@ class JobQueue:
             found.add(f"{self.pool_name}@{self.node.name}")
         return found
 
-    async def _discover(self) -> None:
+    async def _discover(self) -> bool:
+        """Ask every pool how it is; return whether any pool went away."""
         addresses = self._addresses()
-        changed = False
+        changed = removed = False
         for worker in [w.worker for w in self.table.workers()]:
             if worker not in addresses:  # no longer announced (e.g. draining): no new jobs
                 self.table.remove(worker)
-                changed = True
+                changed = removed = True
 
         async def ask(address: str) -> None:
-            nonlocal changed
+            nonlocal changed, removed
             start = trio.current_time()
             try:
                 info = await self.node.ref(address).ask(
@@ -556,7 +606,7 @@ class JobQueue:
                 return  # slow, not gone: keep what we knew
             except (TrioactorsError, ValueError) as exc:
                 if self.table.remove(address):
-                    changed = True
+                    changed = removed = True
                 logger.debug("%s: no worker pool at %s: %s", self.address, address, exc)
                 return
             if not isinstance(cast("object", info), WorkerInfo):
@@ -578,6 +628,7 @@ class JobQueue:
         if changed:
             self._changed.set()
             self._changed = trio.Event()
+        return removed
 
 
 class _QueueActor(Actor[JobDone | MemberChanged]):

@@ -16,6 +16,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trioactors as ta
 from trioactors.examples import HANDLERS
@@ -568,10 +570,9 @@ async def test_consistent_hash_keeps_keys_on_their_worker(
         assert await placement() == first  # the same key, the same worker
         assert set(first.values()) == {"n1", "n2", "n3", "n4"}
         jobs.cluster.crash("n4")
-        await jobs.queue.wait_for_workers(3)
-        with trio.fail_after(60):
-            while len(jobs.queue.workers()) != 3:
-                await trio.sleep(1)
+        await jobs.cluster.wait_until(lambda m: "n4" not in m.alive(), nodes=["n0"])
+        await jobs.queue.refresh()
+        assert len(jobs.queue.workers()) == 3
         second = await placement()
         moved = {k for k in keys if first[k] != second[k]}
         assert moved == {k for k in keys if first[k] == "n4"}  # only n4's keys moved
@@ -622,3 +623,62 @@ def test_split_text_and_partitions() -> None:
     assert len({ta.partition_of(f"w{i}", 8) for i in range(100)}) == 8
     with pytest.raises(ValueError, match="parts must be >= 1"):
         split_text(text, 0)
+
+
+# -- every job ends exactly once ---------------------------------------------------------------
+
+_JOBS = st.lists(
+    st.one_of(
+        st.tuples(st.just("sleep"), st.floats(0, 20), st.sampled_from([None, 5.0, 30.0])),
+        st.tuples(st.just("echo"), st.integers(), st.none()),
+        st.tuples(st.just("unknown"), st.none(), st.none()),
+        st.tuples(st.just("sleep"), st.text(max_size=3), st.none()),  # a bad payload
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=20)
+@given(specs=_JOBS, strategy=st.sampled_from(ta.STRATEGY_NAMES), seed=st.integers(0, 5))
+def test_every_job_ends_exactly_once(
+    specs: list[tuple[str, object, float | None]], strategy: str, seed: int
+) -> None:
+    async def main() -> None:
+        async with open_jobs(strategy=strategy, seed=seed, concurrency=1) as jobs:
+            batch = [
+                ta.Job(kind, payload, timeout=timeout, key=str(i))
+                for i, (kind, payload, timeout) in enumerate(specs)
+            ]
+            results = await gather(jobs.queue, batch)
+            assert sorted(r.job.id for r in results) == sorted(j.id for j in batch)
+            for r in results:
+                kind, payload, timeout = r.job.kind, r.job.payload, r.job.timeout
+                if kind == "unknown":
+                    assert isinstance(r.error, ta.UnknownJobKind)
+                elif kind == "sleep" and isinstance(payload, str):
+                    assert isinstance(r.error, ta.InvalidJobPayload)
+                elif kind == "sleep" and timeout is not None and r.elapsed >= timeout:
+                    assert isinstance(r.error, ta.JobTimeout)
+                else:
+                    assert r.ok, r
+                    assert r.value == payload
+            stats = jobs.queue.statistics()
+            assert stats.submitted == stats.succeeded + stats.failed == len(batch)
+            assert (stats.waiting, stats.in_flight) == (0, 0)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_draining_node_gets_no_new_jobs(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_jobs() as jobs:
+        admin = await ta.start_admin(jobs.node("n2"), membership=jobs.cluster.members["n2"])
+        report = await admin.drain(10)
+        assert report.drained
+        await jobs.cluster.wait_until(
+            lambda m: not any(r.address.endswith("@n2") for r in m.lookup("jobs:worker")),
+            nodes=["n0"],
+        )
+        await jobs.queue.refresh()
+        assert jobs.queue.workers() == ["jobs:worker@n1", "jobs:worker@n3"]
+        where = {await jobs.queue.submit(WHERE.job(i)) for i in range(50)}
+        assert where == {"n1", "n3"}

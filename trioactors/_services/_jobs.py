@@ -187,6 +187,7 @@ class JobQueue:
         self._unknown: list[_Pending] = []  # jobs no known worker can take (yet)
         self._rounds_started = 0
         self._rounds_done = 0
+        self._round_done = trio.Event()
         self._counts = dict.fromkeys(
             (
                 "submitted",
@@ -277,6 +278,18 @@ class JobQueue:
                 return
             self._rediscover.set()
             await self._changed.wait()
+
+    async def refresh(self) -> None:
+        """Ask every pool how it is now, and return when the answers are in.
+
+        The queue does it every ``refresh_interval`` seconds and whenever
+        membership changes; call it to act on a change at once (after
+        registering a handler on some pool, say).
+        """
+        target = self._rounds_started + 1
+        self._rediscover.set()
+        while self._rounds_done < target:
+            await self._round_done.wait()
 
     def workers(self) -> list[str]:
         """The addresses of the worker pools the queue knows, sorted."""
@@ -571,6 +584,8 @@ class JobQueue:
             if await self._discover():
                 self._recheck_waiting()
             self._rounds_done += 1
+            self._round_done.set()
+            self._round_done = trio.Event()
             self._recheck()
             self._ready.set()
             self._wake_dispatch.set()

@@ -375,7 +375,7 @@ async def test_a_job_told_from_outside_an_actor_is_counted(
         pool = jobs.node("n1").ref("jobs:worker@n1")
         from trioactors._services._workers import RunJob
 
-        await pool.tell(RunJob("x", "echo", 1, 1, None, "nobody", None))
+        await pool.tell(RunJob("x", "echo", 1, 1, 1, None, "nobody", None))
         await trio.sleep(1)
         assert jobs.pools["n1"].statistics().unanswerable == 1
 
@@ -682,3 +682,62 @@ async def test_a_draining_node_gets_no_new_jobs(autojump_clock: trio.testing.Moc
         assert jobs.queue.workers() == ["jobs:worker@n1", "jobs:worker@n3"]
         where = {await jobs.queue.submit(WHERE.job(i)) for i in range(50)}
         assert where == {"n1", "n3"}
+
+
+async def test_a_drain_waits_for_the_pools_jobs(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_jobs(workers=1) as jobs:
+        admin = await ta.start_admin(jobs.node("n1"), membership=jobs.cluster.members["n1"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(jobs.queue.submit, SLEEP.job(10.0))
+            await trio.sleep(1)
+            assert not (await admin.drain(2)).drained  # still running
+            start = trio.current_time()
+            assert (await admin.drain(60)).drained
+            assert trio.current_time() - start == pytest.approx(7, abs=0.2)
+
+
+async def test_jobs_on_a_drained_node_that_dies_are_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_jobs(strategy="round-robin") as jobs:
+        admin = await ta.start_admin(jobs.node("n1"), membership=jobs.cluster.members["n1"])
+        results: list[ta.JobResult[object]] = []
+
+        async def run() -> None:
+            results.extend(await gather(jobs.queue, [SLEEP.job(100.0) for _ in range(3)]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await trio.sleep(1)
+            with trio.move_on_after(1):
+                await admin.drain(60)
+            await jobs.queue.refresh()
+            assert "jobs:worker@n1" not in jobs.queue.workers()
+            jobs.cluster.crash("n1")
+        lost = [r for r in results if isinstance(r.error, ta.WorkerLost)]
+        assert [r.worker for r in lost] == ["jobs:worker@n1"]
+        assert lost[0].elapsed < 30
+
+
+async def test_a_strategy_that_raises_fails_the_job_not_the_queue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_jobs(strategy=ta.ConsistentHash()) as jobs:  # no fallback for keyless jobs
+        for _ in range(3):
+            with pytest.raises(ta.NoMatchingWorker, match="consistent hashing needs a key"):
+                await jobs.queue.submit(WHERE.job(0))
+        assert await jobs.queue.submit(WHERE.job(0, key="k")) in {"n1", "n2", "n3"}
+
+
+async def test_the_same_job_submitted_again_gets_its_own_result(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_jobs(workers=1) as jobs:
+        job = ta.Job("sleep", 5.0)
+        with trio.move_on_after(1):
+            await jobs.queue.submit(job)  # abandoned; it runs on
+        start = trio.current_time()
+        result = await jobs.queue.submit_result(job)
+        assert result.elapsed == pytest.approx(5, abs=0.1)  # not the first run's, at 4 s
+        assert trio.current_time() - start == pytest.approx(5, abs=0.1)
+        assert jobs.queue.statistics().late_results == 1

@@ -57,6 +57,8 @@ from .._wire._handshake import Role
 from ._actor import ActorRef, Letter, _frame, _Reply, is_read_only
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._supervisor import Supervisor
     from ._system import ActorSystem
 
@@ -194,6 +196,9 @@ class Node:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Reply] = {}
         self._senders: dict[str, ActorRef[object]] = {}
+        # Work a service holds outside any mailbox (a worker pool's jobs):
+        # counted by a drain, which waits for it to end.
+        self._work_counters: list[Callable[[], int]] = []
         # Frames posted from synchronous code (replies, errors, forwards,
         # tell_nowait) that could not go straight onto a connection: one queue
         # and one sending task per destination, so an unreachable node only

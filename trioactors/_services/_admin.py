@@ -597,7 +597,8 @@ class AdminService:
     # -- internals -----------------------------------------------------------------
 
     def _pending(self) -> int:
-        """Messages queued for, or being handled by, actors not named ``$...``."""
+        """Messages queued for, or being handled by, actors not named ``$...``,
+        and work that services hold outside mailboxes (a worker pool's jobs)."""
         handling = {
             info.path
             for sup, info in _tree(self.node.root)
@@ -607,7 +608,7 @@ class AdminService:
             len(place.mailbox) + (place.path in handling)
             for name, place in self.node.system._registry.items()
             if not name.startswith("$")
-        )
+        ) + sum(count() for count in self.node._work_counters)
 
     async def _shut_down(self, drain: bool, timeout: float) -> None:
         linger_until = trio.current_time() + SHUTDOWN_LINGER

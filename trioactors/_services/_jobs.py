@@ -22,8 +22,9 @@ with an error: its deadline passed (``JobTimeout``, from one cancel scope
 that tracks the earliest deadline), no known worker could ever take it
 (``UnknownJobKind`` / ``NoMatchingWorker``, at once), or the worker's node
 was declared dead or left (``WorkerLost``). A result for a job that has
-already ended (late, or duplicated) is recognised by the job's id and
-attempt, ignored and counted.
+already ended (late, or duplicated) is recognised by the job's id and the
+number of the sending it answers (its *ticket*: a job sent again, or
+submitted again, gets a new one), ignored and counted.
 
 Delivery is at most once per attempt; this module makes one attempt. (The
 retry queue builds at-least-once on top of it, with idempotent completion.)
@@ -133,7 +134,7 @@ class JobQueueStatistics:
 
 @final
 class _Pending:
-    __slots__ = ("deadline", "done", "job", "need", "sent_at", "submitted", "worker")
+    __slots__ = ("deadline", "done", "job", "need", "sent_at", "submitted", "ticket", "worker")
 
     def __init__(
         self, job: Job[object], deadline: float, done: Callable[[JobResult[object]], None]
@@ -144,6 +145,7 @@ class _Pending:
         self.submitted = trio.current_time()
         self.worker: str | None = None
         self.sent_at = 0.0
+        self.ticket = 0  # the number of its latest sending (see RunJob.ticket)
         self.need = 0  # no known worker can take it: fail after discovery round `need`
 
 
@@ -179,6 +181,7 @@ class JobQueue:
         self._waiting: deque[_Pending] = deque()
         self._deadlines: list[tuple[float, int, str]] = []
         self._seq = 0
+        self._tickets = 0
         self._timer: trio.CancelScope | None = None
         self._wake_dispatch = trio.Event()
         self._rediscover = trio.Event()
@@ -389,7 +392,25 @@ class JobQueue:
             if self.table.placeable(job) != "yes":  # its workers went away
                 self._park(pending)
                 continue
-            chosen = self.strategy.choose(job, self.table.candidates(job.kind))
+            try:
+                chosen = self.strategy.choose(job, self.table.candidates(job.kind))
+            except Exception as exc:  # a strategy's bug or refusal fails the job, not the queue
+                logger.warning(
+                    "%s: %r could not place job %s",
+                    self.address,
+                    self.strategy,
+                    job.id,
+                    exc_info=True,
+                )
+                self._finish(
+                    pending,
+                    None,
+                    NoMatchingWorker(
+                        f"the balancing strategy {self.strategy!r} could not place "
+                        f"{job.kind!r} job {job.id}: {exc}"
+                    ),
+                )
+                continue
             if chosen is None:
                 skipped.append(pending)
                 continue
@@ -455,11 +476,14 @@ class JobQueue:
     async def _send(self, pending: _Pending, worker: str) -> None:
         job = pending.job
         now = trio.current_time()
+        self._tickets += 1
+        pending.ticket = self._tickets
         message = RunJob(
             job.id,
             job.kind,
             _converter(self.node.codec.format).unstructure(job.payload),
             job.attempt,
+            pending.ticket,
             max(0.0, pending.deadline - now),
             self.address,
             job.key,
@@ -502,7 +526,7 @@ class JobQueue:
             pending is None
             or pending.worker is None
             or pending.worker != worker
-            or pending.job.attempt != done.attempt
+            or pending.ticket != done.ticket
         ):
             self._counts["late_results"] += 1
             return
@@ -537,13 +561,14 @@ class JobQueue:
             if change.before is None or not change.before.reachable:
                 self._rediscover.set()
             return
-        gone = set(self.table.remove_node(change.node))
-        if not gone:
-            return
-        self._changed.set()
-        self._changed = trio.Event()
+        if self.table.remove_node(change.node):
+            self._changed.set()
+            self._changed = trio.Event()
+        # Every job out on that node is lost, whether or not its pool is still
+        # in the table (a drained pool leaves the table but finishes its jobs).
+        suffix = f"@{change.node}"
         for pending in list(self._pending.values()):
-            if pending.worker in gone:
+            if pending.worker is not None and pending.worker.endswith(suffix):
                 self._finish(
                     pending,
                     None,

@@ -82,6 +82,10 @@ class RunJob:
     kind: str
     payload: object
     attempt: int
+    ticket: int
+    """The coordinator's number for this sending of the job, echoed in the
+    ``JobDone``: a result is matched to the sending it answers, not only to
+    the job (the same job may be sent again)."""
     time_left: float | None
     submitter: str
     key: str | None
@@ -94,6 +98,7 @@ class JobDone:
 
     id: str
     attempt: int
+    ticket: int
     value: object
     error: str
     error_type: str
@@ -133,46 +138,50 @@ class DescribeWorker(Request[WorkerInfo]):
 
 
 def _run_job_to_wire(m: RunJob) -> list[object]:
-    return [m.id, m.kind, m.payload, m.attempt, m.time_left, m.submitter, m.key]
+    return [m.id, m.kind, m.payload, m.attempt, m.ticket, m.time_left, m.submitter, m.key]
 
 
 def _run_job_from_wire(data: object, _: type) -> RunJob:
-    if type(data) is list and len(data) == 7:
-        id_, kind, payload, attempt, time_left, submitter, key = data
+    if type(data) is list and len(data) == 8:
+        id_, kind, payload, attempt, ticket, time_left, submitter, key = data
         if (
             type(id_) is str
             and type(kind) is str
             and type(attempt) is int
             and attempt >= 1
+            and type(ticket) is int
             and (time_left is None or (type(time_left) in (int, float) and time_left >= 0))
             and type(submitter) is str
             and (key is None or type(key) is str)
         ):
-            return RunJob(id_, kind, payload, attempt, time_left, submitter, key)
+            return RunJob(id_, kind, payload, attempt, ticket, time_left, submitter, key)
     raise ValueError(
-        f"a RunJob is [id, kind, payload, attempt, time_left, submitter, key], not {data!r:.80}"
+        "a RunJob is [id, kind, payload, attempt, ticket, time_left, submitter, key], "
+        f"not {data!r:.80}"
     )
 
 
 def _job_done_to_wire(m: JobDone) -> list[object]:
-    return [m.id, m.attempt, m.value, m.error, m.error_type, m.text, m.outstanding]
+    return [m.id, m.attempt, m.ticket, m.value, m.error, m.error_type, m.text, m.outstanding]
 
 
 def _job_done_from_wire(data: object, _: type) -> JobDone:
-    if type(data) is list and len(data) == 7:
-        id_, attempt, value, error, error_type, text, outstanding = data
+    if type(data) is list and len(data) == 8:
+        id_, attempt, ticket, value, error, error_type, text, outstanding = data
         if (
             type(id_) is str
             and type(attempt) is int
+            and type(ticket) is int
             and type(error) is str
             and type(error_type) is str
             and type(text) is str
             and type(outstanding) is int
             and outstanding >= 0
         ):
-            return JobDone(id_, attempt, value, error, error_type, text, outstanding)
+            return JobDone(id_, attempt, ticket, value, error, error_type, text, outstanding)
     raise ValueError(
-        f"a JobDone is [id, attempt, value, error, error_type, text, outstanding], not {data!r:.80}"
+        "a JobDone is [id, attempt, ticket, value, error, error_type, text, outstanding], "
+        f"not {data!r:.80}"
     )
 
 
@@ -261,7 +270,11 @@ class _Handler:
         if isinstance(target, ActorRef):
             return await target.ask(payload, timeout=None)  # (the job's deadline bounds it)
         if self.thread:
-            return await trio.to_thread.run_sync(target, payload, abandon_on_cancel=True)
+            # Not abandoned on cancel: a thread cannot be stopped, so the slot
+            # stays taken until it ends, and the pool never runs more than
+            # ``concurrency`` jobs (a deadline that passes meanwhile makes the
+            # result late, and the submitter has had its JobTimeout).
+            return await trio.to_thread.run_sync(target, payload)
         result = target(payload)
         if inspect.isawaitable(result):
             result = await result
@@ -444,7 +457,14 @@ class WorkerPool:
         if self._outstanding() >= self.slots:
             self._counts["rejected_busy"] += 1
             busy = JobDone(
-                job.id, job.attempt, None, _BUSY, "", "no free slot", self._outstanding()
+                job.id,
+                job.attempt,
+                job.ticket,
+                None,
+                _BUSY,
+                "",
+                "no free slot",
+                self._outstanding(),
             )
             try:
                 sender.tell_nowait(busy)
@@ -470,7 +490,9 @@ class WorkerPool:
     async def _run(self, job: RunJob, received: float) -> JobDone:
         def failed(error: type[JobError], text: str, error_type: str = "") -> JobDone:
             self._counts["failed"] += 1
-            return JobDone(job.id, job.attempt, None, error.__name__, error_type, text, 0)
+            return JobDone(
+                job.id, job.attempt, job.ticket, None, error.__name__, error_type, text, 0
+            )
 
         handler = self._handlers.get(job.kind)
         if handler is None:
@@ -521,7 +543,7 @@ class WorkerPool:
                 f"cannot be sent: {exc!r}",
             )
         self._counts["succeeded"] += 1
-        return JobDone(job.id, job.attempt, value, "", "", "", 0)
+        return JobDone(job.id, job.attempt, job.ticket, value, "", "", "", 0)
 
     async def _reply(self, sender: ActorRef[object], done: JobDone) -> None:
         done = attrs.evolve(done, outstanding=self._outstanding())
@@ -537,6 +559,7 @@ class WorkerPool:
                     JobDone(
                         done.id,
                         done.attempt,
+                        done.ticket,
                         None,
                         "InvalidJobPayload",
                         "",
@@ -603,4 +626,5 @@ async def start_worker_pool(
     for kind, handler in (handlers or {}).items():
         pool.register(kind, handler)
     await node.root.start_actor(_PoolActor, pool, name=name, mailbox_size=max(64, pool.slots * 4))
+    node._work_counters.append(pool._outstanding)  # a drain waits for the pool's jobs
     return pool

@@ -2,7 +2,8 @@
 
 ``trioactors node`` runs a node; ``demo`` runs the demo; the other commands
 connect to a running node (``--to``) and show or change the cluster:
-``status``, ``ping``, ``actors``, ``send``, ``ask``, ``drain``, ``shutdown``.
+``status``, ``ping``, ``actors``, ``send``, ``ask``, ``submit``, ``drain``,
+``shutdown``.
 Every command has ``--help``.
 
 Exit statuses: 0 ok; 1 the operation failed; 2 bad usage or input; 3 a node
@@ -12,6 +13,7 @@ failed, or a read-only client asked for more than a query).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from ._client import Client, ClientSettings
+    from ._core._jobs import JobResult
     from ._wire._codec import Format
 
 P = ParamSpec("P")
@@ -542,6 +545,116 @@ def ask(address: str, type_: str, data: object, **options: object) -> int:
         return 0
 
     return _run(options, command)
+
+
+@cli.command(context_settings=_CONTEXT, short_help="Run jobs on the cluster's worker pools.")
+@click.argument("kind")
+@click.argument("data", metavar="[JSON]", default="null", callback=_json_value)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Submit this many jobs, each with the same payload.",
+)
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag the job requires.")
+@click.option("--key", help="The jobs' affinity key (for --strategy consistent-hash).")
+@click.option(
+    "--strategy",
+    type=click.Choice(
+        ["random", "round-robin", "least-loaded", "lowest-latency", "consistent-hash"]
+    ),
+    default="least-loaded",
+    show_default=True,
+    help="How to choose a worker pool for each job.",
+)
+@click.option(
+    "--job-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long each job may take, from submission to result.",
+)
+@_client_options
+def submit(
+    kind: str,
+    data: object,
+    count: int,
+    tags: tuple[str, ...],
+    key: str | None,
+    strategy: str,
+    job_timeout: float,
+    **options: object,
+) -> int:
+    """Run COUNT jobs of KIND with the payload JSON on the cluster's worker pools.
+
+    The jobs go to the pools of every reachable member (nodes started with
+    `trioactors node --workers N`), chosen by --strategy. With one job, prints
+    its result as JSON; with more, a summary: jobs per worker, failures by
+    error, and the rate. With --json, one JSON line per job. Exits 1 if any
+    job failed.
+
+    Example: trioactors submit digest '{"text": "hello", "rounds": 1000}' --count 100
+    """
+
+    async def command(client: Client, as_json: bool) -> int:
+        from ._core._jobs import Job
+
+        queue = await client.job_queue(strategy=strategy, timeout=job_timeout)
+        jobs: list[Job[object]] = [Job(kind, data, tags=tags, key=key) for _ in range(count)]
+        start = time.monotonic()
+        results = []
+        async with queue.submit_many(jobs) as stream:
+            async for result in stream:
+                results.append(result)
+                if as_json:
+                    _print_json(
+                        {
+                            "id": result.job.id,
+                            "worker": result.worker,
+                            "elapsed": round(result.elapsed, 6),
+                            "value": result.value,
+                            "error": None if result.ok else type(result.error).__name__,
+                            "message": None if result.ok else str(result.error),
+                        }
+                    )
+        failed = [r for r in results if not r.ok]
+        if as_json:
+            pass  # (one line per job, above)
+        elif count == 1:
+            if failed:
+                click.echo(
+                    f"trioactors: {type(failed[0].error).__name__}: {failed[0].error}", err=True
+                )
+            else:
+                click.echo(json.dumps(jsonable(results[0].value), indent=2))
+        else:
+            _print_job_summary(results, time.monotonic() - start)
+        return 1 if failed else 0
+
+    from ._client import jsonable
+
+    return _run(options, command)
+
+
+def _print_job_summary(results: list[JobResult[object]], seconds: float) -> None:
+    from rich.table import Table
+
+    done = collections.Counter(r.worker or "(none)" for r in results if r.ok)
+    errors = collections.Counter(type(r.error).__name__ for r in results if not r.ok)
+    rate = len(results) / max(seconds, 1e-9)
+    click.echo(f"{len(results)} jobs in {seconds:.2f} s: {rate:.0f} jobs/s")
+    table = Table()
+    table.add_column("worker / error")
+    table.add_column("jobs", justify="right")
+    for worker, n in sorted(done.items()):
+        table.add_row(worker, str(n))
+    for error, n in sorted(errors.items()):
+        table.add_row(f"[red]{error}[/red]", str(n))
+    _print_table(table)
+    for result in [r for r in results if not r.ok][:3]:
+        click.echo(f"{type(result.error).__name__}: {result.error}", err=True)
 
 
 _DRAIN_TIMEOUT: Final = click.option(

@@ -53,6 +53,8 @@ from ._services._admin import (
     NodeInfo,
     register_admin_messages,
 )
+from ._services._jobs import JobQueue, start_job_queue
+from ._services._workers import POOL as JOBS_POOL
 from ._wire._codec import MessageRegistry, RawMessage, _converter
 from ._wire._handshake import Role
 from .transports import TcpTransport, TransportConfig, WebSocketTransport
@@ -265,6 +267,37 @@ class Client:
         reply = await self.ask(f"{ADMIN}@{self.target}", ListMembers())
         items = getattr(reply, "members", reply)  # (a MemberList, or a plain list)
         return [m for m in map(_member, _as_list(items)) if m is not None]
+
+    async def job_queue(self, *, strategy: str, timeout: float) -> JobQueue:
+        """A job queue on the client's node that uses every reachable member's pool.
+
+        Raises:
+          CommandError: read-only (4), or no member runs a worker pool (1).
+        """
+        if self.settings.read_only:
+            raise CommandError(
+                "submitting jobs needs the cluster secret, not read-only", EXIT_REFUSED
+            )
+        pools = []
+        for member in await self.members():
+            if member.state in _PROBED_STATES:
+                with contextlib.suppress(CommandError):  # (unreachable: its pool is not used)
+                    await self.reach(member.node, member.address)
+                    pools.append(f"{JOBS_POOL}@{member.node}")
+        queue = await start_job_queue(
+            self.node,
+            workers=pools,
+            strategy=strategy,
+            default_timeout=timeout,
+            refresh_interval=max(1.0, self.settings.timeout),
+        )
+        if not queue.workers():
+            raise CommandError(
+                f"no worker pool in the cluster of {self.target} "
+                "(start nodes with `trioactors node --workers N`)",
+                EXIT_FAILED,
+            )
+        return queue
 
     async def status(self) -> list[dict[str, object]]:
         """One row per member, as :meth:`members` lists them, with how it answers.

@@ -121,6 +121,21 @@ async def test_operate_a_cluster_of_three_nodes(monkeypatch: pytest.MonkeyPatch)
             assert listed["account"]["capacity"] > 0
             assert "account" in ok(await cli("actors", *to))
 
+            # jobs on the nodes' worker pools (every node runs one: --workers 2)
+            counts = parsed(await cli("submit", "wordcount.map", '"a b a"', *to))
+            assert counts == {"a": 2, "b": 1}
+            lines = ok(await cli("submit", "echo", '{"x": 1}', "--count", "30", *to, "--json"))
+            rows = [json.loads(line) for line in lines.splitlines()]
+            assert len(rows) == 30
+            assert {r["value"]["x"] for r in rows} == {1}
+            assert {r["worker"] for r in rows} <= {f"jobs:worker@{n}" for n in names}
+            summary = ok(await cli("submit", "sleep", "0.01", "--count", "6", *to))
+            assert summary.startswith("6 jobs in ")
+            error = failed(await cli("submit", "resize", *to), 1)
+            assert "UnknownJobKind: no worker handles 'resize' jobs" in error
+            error = failed(await cli("submit", "sleep", '"soon"', *to), 1)
+            assert "InvalidJobPayload" in error
+
             # failures: an error reply, a refused message, a wrong secret
             error = failed(await cli("ask", "echo@n1", "Echo", '{"text": 5}', *to), 1)
             assert error.startswith("trioactors: echo@n1: InvalidPayload")
@@ -137,6 +152,8 @@ async def test_operate_a_cluster_of_three_nodes(monkeypatch: pytest.MonkeyPatch)
             error = failed(await cli("drain", "n3", *to, "--read-only", **observer), 4)
             assert "not allowed" in error
             failed(await cli("ask", "account@n2", "Total", "{}", *to, "--read-only", **observer), 4)
+            error = failed(await cli("submit", "echo", *to, "--read-only", **observer), 4)
+            assert "needs the cluster secret" in error
 
             # drain n3, then shut it down: it exits 0 and the others see it leave
             assert ok(await cli("drain", "n3", *to)).strip() == "n3 drained"

@@ -237,9 +237,9 @@ class UnknownJobKind(JobError, LookupError):
     """No worker handles jobs of this kind.
 
     Either no worker the queue knows has a handler for the kind (the queue
-    fails the job at once, without sending it), or the worker it was sent to
-    has none (its handlers changed). Register a handler for the kind on some
-    node's worker pool.
+    fails the job without sending it, after one more round of asking the
+    pools), or the worker it was sent to has none (its handlers changed).
+    Register a handler for the kind on some node's worker pool.
 
     .. versionadded:: 0.1
     """

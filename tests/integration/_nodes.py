@@ -81,10 +81,11 @@ class NodeProcess:
 
 @asynccontextmanager
 async def node_cluster() -> AsyncIterator[Callable[..., Any]]:
-    """Yield ``start(name, join=..., host=..., prefix=...)``; stop every node on exit.
+    """Yield ``start(name, join=..., host=..., prefix=..., args=...)``; stop every node on exit.
 
     ``prefix`` runs the node under another command (``["ip", "netns", "exec",
-    "host-1"]``); ``join`` is a list of ``(name, address)`` seeds.
+    "host-1"]``); ``join`` is a list of ``(name, address)`` seeds; ``args`` are
+    more options of ``trioactors node`` (``["--workers", "2", "--tag", "gpu"]``).
     """
     processes: list[NodeProcess] = []
     async with trio.open_nursery() as nursery:
@@ -97,11 +98,13 @@ async def node_cluster() -> AsyncIterator[Callable[..., Any]]:
             prefix: Sequence[str] = (),
             secret: str = SECRET,
             transport: str = "ws",
+            args: Sequence[str] = (),
         ) -> NodeProcess:
             command = [*prefix, sys.executable, "-m", "trioactors", "node", name, "--events"]
             command += ["--host", host, "--transport", transport]
             for seed, address in join:
                 command += ["--join", f"{seed}={address}"]
+            command += args
             env = {**os.environ, "TRIOACTORS_SECRET": secret}
             process = await trio.lowlevel.open_process(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env

@@ -20,7 +20,8 @@ back to it.
 A job ends exactly once: with the first result for its current attempt, or
 with an error: its deadline passed (``JobTimeout``, from one cancel scope
 that tracks the earliest deadline), no known worker could ever take it
-(``UnknownJobKind`` / ``NoMatchingWorker``, at once), or the worker's node
+(``UnknownJobKind`` / ``NoMatchingWorker``, after asking the pools once
+more, in case one learned the kind since), or the worker's node
 was declared dead or left (``WorkerLost``). A result for a job that has
 already ended (late, or duplicated) is recognised by the job's id and the
 number of the sending it answers (its *ticket*: a job sent again, or

@@ -75,12 +75,18 @@ async def test_join_detect_and_leave(autojump_clock: trio.testing.MockClock) -> 
                 assert "e" not in m.node.transport.peers()
                 assert m.alive() == ["a", "b", "c", "d"]
 
-            # a graceful leave
+            # a graceful leave: the members it tells answer before they forget it
+            start = trio.current_time()
             await members["d"].leave()
+            assert trio.current_time() - start < 0.1  # not a timed-out answer
+            stops[3].set()  # (a node leaves, then stops)
             await until(
                 [members[n] for n in "abc"], lambda m: m.view.get("d").state is MemberState.LEFT
             )  # type: ignore[union-attr]
             assert members["a"].alive() == ["a", "b", "c"]
+            await trio.sleep(config.swim.protocol_period + 0.01)  # then they close its connections
+            for m in survivors[:3]:
+                assert "d" not in m.node.transport.peers()
             assert joined < 10
             for stop in stops:
                 stop.set()

@@ -576,12 +576,23 @@ class Membership:
                 if after.state is MemberState.SUSPECT:
                     self.detector.note_suspect(after.node, now=now)
             elif transport.address_of(after.node) is not None:
-                transport.remove_peer(after.node)  # out of routing and the connection pool
+                if after.state is MemberState.LEFT and self._reconnects is not None:
+                    # Its goodbye may be a Sync that waits for our answer: let
+                    # the answer go out before the connection is closed.
+                    self._reconnects.start_soon(self._forget_later, after.node)
+                else:
+                    transport.remove_peer(after.node)  # out of routing and the connection pool
             for subscriber in self._subscribers:
                 # a subscriber that cannot keep up misses events; it can read members()
                 with contextlib.suppress(trio.WouldBlock, TrioactorsError):
                     subscriber.tell_nowait(change)
         self._notify()
+
+    async def _forget_later(self, node: str) -> None:
+        await trio.sleep(self.config.swim.protocol_period)
+        member = self.view.get(node)
+        if member is not None and not member.reachable:  # (unless it came back meanwhile)
+            self.node.transport.remove_peer(node)
 
     def _notify(self) -> None:
         self._changed.set()

@@ -244,8 +244,7 @@ def _node_cluster(deadline: float) -> Iterator[dict[str, str]]:
     """Run the node processes, joined through the first; yield the seeds to join them.
 
     The processes are stopped when the block ends, however it ends. Their
-    stderr is kept aside (shown only if the workload fails)
-    and shown only if the block fails.
+    stderr is kept aside and shown only if the block fails.
     """
     ready_by = min(deadline, time.monotonic() + STARTUP_TIMEOUT)
     nodes: list[_NodeProcess] = []

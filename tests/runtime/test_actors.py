@@ -88,6 +88,22 @@ async def test_ask_timeout(autojump_clock: trio.testing.MockClock) -> None:
         assert await counter.ask(Get(), timeout=None) == 0
 
 
+async def test_ask_observer_sees_every_ask(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[tuple[float, bool]] = []
+    async with ta.open_supervisor() as sup:
+        sup.system.ask_observer = lambda seconds, ok: seen.append((seconds, ok))
+        counter = await sup.start_actor(Counter)
+        assert await counter.ask(Get()) == 0
+        await counter.tell(Sleep(3))
+        assert await counter.ask(Get()) == 0
+        with pytest.raises(ta.AskTimeout):
+            await counter.ask(Sleep(10), timeout=1)
+        sup.system.ask_observer = None
+        await counter.ask(Get(), timeout=None)
+    assert [ok for _, ok in seen] == [True, True, False]
+    assert [round(t, 3) for t, _ in seen] == [0.0, 3.0, 1.0]
+
+
 async def test_a_shorter_deadline_fires_before_a_longer_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -312,7 +312,20 @@ class ActorRef(Generic[M]):
           ActorNotFound: (remote only) no actor of that name on its node.
           NodeUnreachable: (remote only) the actor's node cannot be reached.
         """
-        return await self._ask(message, timeout)
+        observer = self._system().ask_observer
+        if observer is None:
+            return await self._ask(message, timeout)
+        start = trio.current_time()
+        ok = False
+        try:
+            reply = await self._ask(message, timeout)
+            ok = True
+            return reply
+        finally:
+            observer(trio.current_time() - start, ok)
+
+    def _system(self) -> ActorSystem:
+        raise NotImplementedError
 
     async def _ask(self, message: object, timeout: float | None) -> object:
         raise NotImplementedError
@@ -352,6 +365,9 @@ class _LocalRef(ActorRef[M]):
 
     def __repr__(self) -> str:
         return f"<ActorRef {self._place.path}>"
+
+    def _system(self) -> ActorSystem:
+        return self._place.system
 
     async def tell(self, message: M) -> None:
         place = self._place

@@ -574,6 +574,9 @@ class _RemoteRef(ActorRef[M]):
     def __hash__(self) -> int:
         return hash(self._text)
 
+    def _system(self) -> ActorSystem:
+        return self._node.system
+
     def _envelope(self, kind: Kind, message: object, id_: int) -> bytes:
         node = self._node
         envelope = Envelope(kind, self._text, node._reply_address(), id_, None, "", message)

@@ -267,6 +267,9 @@ class ActorSystem:
         self._ids = itertools.count(1)
         self.root: Supervisor | None = None
         self._timer: AskTimer | None = None
+        self.ask_observer: Callable[[float, bool], None] | None = None
+        """Called after every ``ask`` made through this system's references with
+        the seconds it took and whether it got a reply (metrics use it)."""
 
     def __repr__(self) -> str:
         return f"<ActorSystem {self.name!r} actors={len(self._registry)}>"

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidJobPayload",
     "InvalidPayload",
     "JobError",
+    "JobExhausted",
     "JobFailed",
     "JobTimeout",
     "LocalProtocolError",
@@ -30,6 +31,7 @@ __all__ = [
     "ProtocolVersionMismatch",
     "RemoteProtocolError",
     "StartFailed",
+    "StoreError",
     "SupervisorGaveUp",
     "TrioactorsError",
     "Unauthorized",
@@ -288,6 +290,33 @@ class WorkerLost(JobError, ConnectionError):
     """The worker running the job went away (its node was declared dead or
     left, or could not be reached) before the result came back. The job may
     or may not have run.
+
+    .. versionadded:: 0.1
+    """
+
+
+class JobExhausted(JobError):
+    """The job failed on every attempt its retry policy allows.
+
+    ``attempts`` is how many were made; ``last_error`` is how the last one
+    failed (also the ``__cause__``). The failure supervisor, if the queue has
+    one, was told (``JobExhausted`` report) and keeps it in its dead-letter log.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, attempts: int, last_error: JobError | None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+# -- storage ------------------------------------------------------------------------
+
+
+class StoreError(TrioactorsError):
+    """A persistent store cannot be used: unreadable, corrupt, or written by an
+    incompatible version. The message names the file and what is wrong.
 
     .. versionadded:: 0.1
     """

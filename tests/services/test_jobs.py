@@ -77,6 +77,7 @@ async def open_jobs(
     prefetch: int = 2,
     tags: Mapping[str, set[str]] | None = None,
     seed: int = 1,
+    retry: ta.RetryPolicy | None = None,
 ) -> AsyncIterator[Jobs]:
     """``n0`` coordinates; ``n1``..``n{workers}`` each run a pool."""
     async with open_simulated_cluster(workers + 1, seed=seed, formed=True) as cluster:
@@ -91,7 +92,11 @@ async def open_jobs(
                 tags=(tags or {}).get(name, set()),
             )
         queue = await ta.start_job_queue(
-            cluster.nodes["n0"], membership=cluster.members["n0"], strategy=strategy, seed=seed
+            cluster.nodes["n0"],
+            membership=cluster.members["n0"],
+            strategy=strategy,
+            seed=seed,
+            retry=retry,
         )
         with trio.fail_after(30):
             await queue.wait_for_workers(workers)
@@ -332,7 +337,7 @@ async def test_cancelled_submit_forgets_the_job(autojump_clock: trio.testing.Moc
 
 
 async def test_worker_lost_when_its_node_dies(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_jobs(strategy="round-robin") as jobs:
+    async with open_jobs(strategy="round-robin", retry=ta.NO_RETRY) as jobs:
         results: list[ta.JobResult[object]] = []
 
         async def run() -> None:
@@ -699,7 +704,7 @@ async def test_a_drain_waits_for_the_pools_jobs(autojump_clock: trio.testing.Moc
 async def test_jobs_on_a_drained_node_that_dies_are_lost(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_jobs(strategy="round-robin") as jobs:
+    async with open_jobs(strategy="round-robin", retry=ta.NO_RETRY) as jobs:
         admin = await ta.start_admin(jobs.node("n1"), membership=jobs.cluster.members["n1"])
         results: list[ta.JobResult[object]] = []
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from .._errors import JobError
+    from ._retry import RetryPolicy
 
 __all__ = ["Job", "JobKind", "JobResult", "WorkerTable", "WorkerView"]
 
@@ -100,6 +101,8 @@ class Job(Generic[R]):
     """The address of the coordinator that submitted the job (set by the queue)."""
     result_type: object = attrs.field(default=None, kw_only=True, eq=False, repr=False)
     """What the result is structured into on arrival (``None``: left as plain data)."""
+    retry: RetryPolicy | None = attrs.field(default=None, kw_only=True, eq=False)
+    """How the job is retried (``None``: its queue's policy; ``NO_RETRY``: never)."""
 
 
 @final
@@ -131,6 +134,9 @@ class JobKind(Generic[P, R]):
     """What results are structured into on the submitter (``object``: left as plain data)."""
     tags: frozenset[str] = attrs.field(default=frozenset(), converter=_tags, kw_only=True)
     """Tags every job of this kind requires (added to a job's own)."""
+    retry: RetryPolicy | None = attrs.field(default=None, kw_only=True)
+    """How jobs of this kind are retried (``None``: the queue's policy); e.g.
+    ``NO_RETRY`` for work that must not run twice."""
 
     def job(
         self,
@@ -139,8 +145,9 @@ class JobKind(Generic[P, R]):
         tags: Iterable[str] = (),
         key: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Job[R]:
-        """A job of this kind."""
+        """A job of this kind (``retry``: instead of the kind's policy)."""
         return Job(
             self.name,
             payload,
@@ -148,6 +155,7 @@ class JobKind(Generic[P, R]):
             key=key,
             timeout=timeout,
             result_type=self.result_type,
+            retry=retry if retry is not None else self.retry,
         )
 
 

@@ -12,23 +12,42 @@ end. It learns the pools by asking each one it finds (``DescribeWorker``)
 every ``refresh_interval`` seconds and at once when membership changes; the
 round trip of that ask is the latency sample of ``lowest-latency``. A job
 waits until the balancing strategy finds a worker for it that handles its
-kind, offers its tags and has a free slot (as the coordinator counts its own
-jobs there, or the pool reported, whichever is more), then goes out as a
+kind, offers its tags and has a free slot (counted in the coordinator's own
+jobs there; a pool that refused one as busy counts as full until it reports
+again), then goes out as a
 ``RunJob`` told from the coordinator's actor, so that the ``JobDone`` comes
 back to it.
 
-A job ends exactly once: with the first result for its current attempt, or
-with an error: its deadline passed (``JobTimeout``, from one cancel scope
-that tracks the earliest deadline), no known worker could ever take it
-(``UnknownJobKind`` / ``NoMatchingWorker``, after asking the pools once
-more, in case one learned the kind since), or the worker's node
-was declared dead or left (``WorkerLost``). A result for a job that has
-already ended (late, or duplicated) is recognised by the job's id and the
-number of the sending it answers (its *ticket*: a job sent again, or
-submitted again, gets a new one), ignored and counted.
+Retries. Each job has a :class:`~trioactors.RetryPolicy` (its own, its
+kind's, or the queue's; by default 3 attempts). When an attempt fails in a
+way another might not (the worker's node was declared dead or left, no
+answer within the policy's attempt timeout, or, if the policy says so, the
+handler raised), the job waits a random delay (exponential backoff with
+full jitter) and is placed again, on another node if one can take it. A job
+that could not be delivered (the pool was unreachable or refused it as busy)
+certainly did not run: it is placed again at once, and that is not an
+attempt. After its last attempt a job ends with ``JobExhausted``.
 
-Delivery is at most once per attempt; this module makes one attempt. (The
-retry queue builds at-least-once on top of it, with idempotent completion.)
+Circuit breakers. The queue keeps one per node: a node whose attempts fail
+``failure_threshold`` times in a row gets no jobs for ``reset_timeout``
+seconds, then one trial job; its success closes the circuit. A node that is
+declared dead is forgotten, breaker and all.
+
+A job ends exactly once: with the first result of any of its sendings, or
+with an error: its deadline passed (``JobTimeout``; deadlines, attempt
+timeouts and retry delays share one cancel scope set to the earliest), no
+known worker could ever take it (``UnknownJobKind`` / ``NoMatchingWorker``,
+after asking the pools once more, in case one learned the kind since), its
+attempts ran out (``JobExhausted``), or it failed in a way no retry can help
+(``InvalidJobPayload``, ``JobFailed``, or ``WorkerLost`` under ``NO_RETRY``).
+A result is matched to the job by the job's id and the number of the sending
+it answers (its *ticket*); a result for a job that has already ended, or for
+a sending already answered or written off, is ignored and counted.
+
+Delivery is at least once for a job with retries (an attempt written off may
+still have run: its late result is ignored, so the job *ends* once), and at
+most once under ``NO_RETRY``. Failed jobs are reported to the failure
+supervisor, if the queue has one, with the circuits that open and close.
 """
 
 from __future__ import annotations
@@ -36,38 +55,51 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import random
+import secrets
+import time
 from collections import deque
-from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, TypeGuard, TypeVar, cast, final
 
 import attrs
 import trio
 
-from .._core._balance import BalanceStrategy, ConsistentHash, LeastLoaded, strategy_by_name
-from .._core._jobs import Job, JobKind, JobResult, WorkerTable
+from .._core._balance import (
+    BalanceStrategy,
+    Candidate,
+    ConsistentHash,
+    LeastLoaded,
+    strategy_by_name,
+)
+from .._core._breaker import BreakerChanged, BreakerConfig, Breakers, BreakerState
+from .._core._jobs import Job, JobKind, JobResult
 from .._core._membership import MemberChanged
+from .._core._retry import RETRYABLE, RetryPolicy
 from .._errors import (
     ActorNotFound,
-    AskTimeout,
     InvalidJobPayload,
     JobError,
+    JobExhausted,
+    JobFailed,
     JobTimeout,
     NodeUnreachable,
     NoMatchingWorker,
     NotSerializable,
-    TrioactorsError,
     UnknownJobKind,
     WorkerLost,
 )
 from .._runtime._actor import Actor, ActorRef
 from .._wire._codec import _converter
+from ._discovery import Discovery
+from ._failures import CircuitClosed, CircuitOpened, JobGaveUp
+from ._results import ResultStream
+from ._store import JobStore, StoredJob, StoredOutcome, open_job_store
 from ._workers import (
     _BUSY,
     POOL,
-    DescribeWorker,
     JobDone,
     RunJob,
-    WorkerInfo,
     _error,
     _structure,
     _type_name,
@@ -75,16 +107,16 @@ from ._workers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
 
     from .._runtime._node import Node
+    from ._failures import FailureSupervisor
     from ._membership import Membership
 
 __all__ = [
     "DEFAULT_JOB_TIMEOUT",
     "JobQueue",
     "JobQueueStatistics",
-    "ResultStream",
     "start_job_queue",
 ]
 
@@ -120,9 +152,14 @@ class JobQueueStatistics:
     """Jobs that ended with an error, timeouts included."""
     timed_out: int
     lost: int
-    """Jobs that ended with ``WorkerLost``."""
+    """Jobs that ended with ``WorkerLost`` (their policy allowed no other attempt)."""
+    exhausted: int
+    """Jobs that ended with ``JobExhausted``: every attempt failed."""
+    retried: int
+    """Attempts scheduled after a failed one (each retry counts once)."""
     late_results: int
-    """Results for jobs that had already ended (late or duplicated): ignored."""
+    """Results for jobs that had already ended, or for a sending already
+    answered or given up on (late or duplicated): ignored."""
     rejected_busy: int
     """Times a pool refused a job as busy (the job was placed again)."""
     waiting: int
@@ -135,19 +172,53 @@ class JobQueueStatistics:
 
 @final
 class _Pending:
-    __slots__ = ("deadline", "done", "job", "need", "sent_at", "submitted", "ticket", "worker")
+    """A job from submission to its end (see the module docstring)."""
+
+    __slots__ = (
+        "attempt",
+        "avoid",
+        "deadline",
+        "done",
+        "job",
+        "last_error",
+        "last_worker",
+        "need",
+        "policy",
+        "retry_at",
+        "sendings",
+        "submitted",
+    )
 
     def __init__(
-        self, job: Job[object], deadline: float, done: Callable[[JobResult[object]], None]
+        self,
+        job: Job[object],
+        deadline: float,
+        policy: RetryPolicy,
+        done: Callable[[JobResult[object]], None],
     ) -> None:
         self.job = job
         self.deadline = deadline
+        self.policy = policy
         self.done = done
         self.submitted = trio.current_time()
-        self.worker: str | None = None
-        self.sent_at = 0.0
-        self.ticket = 0  # the number of its latest sending (see RunJob.ticket)
+        self.attempt = 0  # attempts started
+        self.sendings: dict[int, str] = {}  # ticket -> worker, for every sending not yet answered
+        self.avoid: set[str] = set()  # nodes where an attempt failed: others are preferred
+        self.last_error: JobError | None = None
+        self.last_worker: str | None = None  # where the last failed attempt was
+        self.retry_at = math.inf  # waiting out a backoff until then
         self.need = 0  # no known worker can take it: fail after discovery round `need`
+
+    @property
+    def worker(self) -> str | None:
+        """The worker of the latest sending still out, if any."""
+        if not self.sendings:
+            return None
+        return self.sendings[max(self.sendings)]
+
+
+# what a timer entry is for
+_DEADLINE, _ATTEMPT, _RETRY = 0, 1, 2
 
 
 @final
@@ -167,31 +238,48 @@ class JobQueue:
         workers: Iterable[str],
         default_timeout: float,
         refresh_interval: float,
+        retry: RetryPolicy,
+        breaker: BreakerConfig,
+        failures: FailureSupervisor | None,
+        store: JobStore | None,
+        rng: random.Random,
         name: str,
     ) -> None:
         self.node = node
         self.membership = membership
         self.strategy = strategy
-        self.pool_name = pool_name
-        self.static_workers = list(workers)
         self.default_timeout = default_timeout
-        self.refresh_interval = refresh_interval
+        self.retry = retry
+        self.breakers = Breakers(breaker)
+        self.failures = failures
+        self.store = store
         self.address = f"{name}@{node.name}"
-        self.table = WorkerTable()
+        self.discovery = Discovery(
+            node,
+            membership,
+            pool_name=pool_name,
+            workers=workers,
+            refresh_interval=refresh_interval,
+            owner=self.address,
+        )
+        self.table = self.discovery.table
+        self._rng = rng
         self._pending: dict[str, _Pending] = {}
         self._waiting: deque[_Pending] = deque()
-        self._deadlines: list[tuple[float, int, str]] = []
+        # (when, seq, job id, what, ticket): deadlines, attempt timeouts, retries
+        self._timers: list[tuple[float, int, str, int, int]] = []
         self._seq = 0
-        self._tickets = 0
+        # Tickets start at a random number, so that a restarted coordinator
+        # never takes an answer to its predecessor's sending for its own.
+        self._tickets = secrets.randbits(48)
+        self._to_save: dict[str, StoredJob] = {}  # written before the next sending
+        self._to_finish: list[StoredOutcome] = []
+        self._recovered: list[JobResult[object]] = []
+        self._recovering = 0
+        self._recovered_all = trio.Event()
         self._timer: trio.CancelScope | None = None
         self._wake_dispatch = trio.Event()
-        self._rediscover = trio.Event()
-        self._changed = trio.Event()  # set when the table of workers changes
-        self._ready = trio.Event()  # set after the first round of discovery
         self._unknown: list[_Pending] = []  # jobs no known worker can take (yet)
-        self._rounds_started = 0
-        self._rounds_done = 0
-        self._round_done = trio.Event()
         self._counts = dict.fromkeys(
             (
                 "submitted",
@@ -199,6 +287,8 @@ class JobQueue:
                 "failed",
                 "timed_out",
                 "lost",
+                "exhausted",
+                "retried",
                 "late_results",
                 "rejected_busy",
             ),
@@ -274,14 +364,7 @@ class JobQueue:
 
         Use a cancel scope (``trio.fail_after``) to bound the wait.
         """
-        while True:
-            workers = self.table.workers()
-            if kind is not None:
-                workers = [w for w in workers if kind in w.kinds]
-            if len(workers) >= count:
-                return
-            self._rediscover.set()
-            await self._changed.wait()
+        await self.discovery.wait_for_workers(count, kind)
 
     async def refresh(self) -> None:
         """Ask every pool how it is now, and return when the answers are in.
@@ -290,17 +373,35 @@ class JobQueue:
         membership changes; call it to act on a change at once (after
         registering a handler on some pool, say).
         """
-        target = self._rounds_started + 1
-        self._rediscover.set()
-        while self._rounds_done < target:
-            await self._round_done.wait()
+        await self.discovery.refresh()
 
     def workers(self) -> list[str]:
         """The addresses of the worker pools the queue knows, sorted."""
         return sorted(w.worker for w in self.table.workers())
 
+    def recovered(self) -> list[JobResult[object]]:
+        """The results of the jobs taken up from the store at start, so far.
+
+        Their submitters are gone (a restarted process): this is where their
+        results go, and to the store (``store.outcome(job_id)``).
+        """
+        return list(self._recovered)
+
+    async def wait_recovered(self) -> list[JobResult[object]]:
+        """Wait until every job taken up from the store has ended; return their results."""
+        await self._recovered_all.wait()
+        return self.recovered()
+
+    def circuit_states(self) -> dict[str, str]:
+        """Each node's circuit breaker: ``"closed"``, ``"open"`` or ``"half_open"``.
+
+        Only nodes that failed or were sent jobs since the queue started are listed.
+        """
+        now = trio.current_time()
+        return {node: state.value for node, state in sorted(self.breakers.states(now).items())}
+
     def statistics(self) -> JobQueueStatistics:
-        in_flight = sum(1 for p in self._pending.values() if p.worker is not None)
+        in_flight = sum(1 for p in self._pending.values() if p.sendings)
         return JobQueueStatistics(
             **self._counts,
             waiting=len(self._pending) - in_flight,
@@ -316,16 +417,12 @@ class JobQueue:
         job = attrs.evolve(job, submitter=self.address)
         timeout = self.default_timeout if job.timeout is None else job.timeout
         deadline = trio.current_time() + timeout
-        pending = _Pending(job, deadline, done)
+        pending = _Pending(job, deadline, job.retry or self.retry, done)
         self._pending[job.id] = pending
         self._counts["submitted"] += 1
-        self._seq += 1
-        heapq.heappush(self._deadlines, (deadline, self._seq, job.id))
-        if self._timer is not None and deadline < self._timer.deadline:
-            self._timer.deadline = deadline
-        if len(self._deadlines) > 64 and len(self._deadlines) > 2 * len(self._pending):
-            self._deadlines = [(d, s, i) for d, s, i in self._deadlines if i in self._pending]
-            heapq.heapify(self._deadlines)
+        if self.store is not None:
+            self._to_save[job.id] = self._stored(pending)
+        self._at(deadline, job.id, _DEADLINE)
         if self.table.placeable(job) == "yes":
             self._waiting.append(pending)
             self._wake_dispatch.set()
@@ -333,12 +430,126 @@ class JobQueue:
             self._park(pending)
         return job
 
+    def _at(self, when: float, job_id: str, what: int, ticket: int = 0) -> None:
+        """Wake the timer task at ``when`` for ``what`` about the job."""
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, job_id, what, ticket))
+        if self._timer is not None and when < self._timer.deadline:
+            self._timer.deadline = when
+        if len(self._timers) > 64 and len(self._timers) > 3 * len(self._pending):
+            self._timers = [t for t in self._timers if t[2] in self._pending]
+            heapq.heapify(self._timers)
+
     def _abandon(self, job_id: str) -> None:
         """The submitter stopped waiting: forget the job (a late result is counted)."""
         pending = self._pending.pop(job_id, None)
-        if pending is not None and pending.worker is not None:
-            self.table.finished(pending.worker)
+        if pending is not None:
+            self._release(pending, failed=False)
+            self._record(pending, None, "Abandoned", "the submitter stopped waiting")
+
+    def _release(self, pending: _Pending, *, failed: bool) -> None:
+        """Forget every sending of the job still out (their results will be late)."""
+        now = trio.current_time()
+        for worker in pending.sendings.values():
+            self.table.finished(worker)
+            node = _node_of(worker)
+            if failed:
+                self._breaker_changes(self.breakers.on_failure(node, now))
+            else:
+                self.breakers.on_abandoned(node, now)
+        if pending.sendings:
+            pending.sendings.clear()
             self._wake_dispatch.set()
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def _stored(self, pending: _Pending) -> StoredJob:
+        job = pending.job
+        left = pending.deadline - trio.current_time()
+        return StoredJob(
+            job.id,
+            job.kind,
+            _converter(self.node.codec.format).unstructure(job.payload),
+            tuple(sorted(job.tags)),
+            job.key,
+            pending.attempt,
+            time.time() + left,
+            job.submitter or self.address,
+            time.time() - (trio.current_time() - pending.submitted),
+            None if job.retry is None else attrs.asdict(job.retry),
+        )
+
+    def _record(self, pending: _Pending, value: object, error: str, message: str) -> None:
+        """Write down how the job ended (with the next flush)."""
+        if self.store is None:
+            return
+        if self._to_save.pop(pending.job.id, None) is not None and pending.attempt == 0:
+            return  # never written, never sent: nothing to take back
+        self._to_finish.append(
+            StoredOutcome(
+                pending.job.id,
+                not error,
+                _converter(self.node.codec.format).unstructure(value) if not error else None,
+                error,
+                message,
+                pending.attempt,
+                time.time(),
+            )
+        )
+        self._wake_dispatch.set()
+
+    def _flush(self) -> None:
+        """Write what waits to be written, in one transaction each way."""
+        store = self.store
+        if store is None:
+            return
+        if self._to_save:
+            jobs, self._to_save = list(self._to_save.values()), {}
+            store.save(jobs)
+        if self._to_finish:
+            outcomes, self._to_finish = self._to_finish, []
+            store.finish(outcomes)
+
+    def _recover(self) -> None:
+        """Take up the jobs a predecessor left pending in the store."""
+        assert self.store is not None
+        now = time.time()
+        for stored in self.store.pending():
+            if stored.id in self._pending:
+                continue
+            left = math.inf if stored.deadline is None else stored.deadline - now
+            job: Job[object] = Job(
+                stored.kind,
+                stored.payload,
+                tags=stored.tags,
+                key=stored.key,
+                id=stored.id,
+                timeout=max(left, 1e-3) if left != math.inf else None,
+                retry=_policy(stored),
+            )
+            self._recovering += 1
+            job = self._enqueue(job, self._recovered_done)
+            pending = self._pending[job.id]
+            pending.job = attrs.evolve(job, submitter=stored.submitter)
+            pending.attempt = stored.attempt
+            if stored.attempt >= pending.policy.max_attempts:
+                # Its last attempt was out when the coordinator stopped: it
+                # may have run; no attempt is left to find out.
+                lost = WorkerLost(
+                    f"the coordinator stopped while attempt {stored.attempt} of "
+                    f"{stored.kind!r} job {stored.id} was out"
+                )
+                self._attempt_failed(pending, lost, "WorkerLost", f"?@{self.node.name}")
+            elif left <= 0:
+                self._timed_out(pending)
+        if not self._recovering:
+            self._recovered_all.set()
+        self._flush()
+
+    def _recovered_done(self, result: JobResult[object]) -> None:
+        self._recovered.append(result)
+        if len(self._recovered) == self._recovering:
+            self._recovered_all.set()
 
     def _finish(
         self,
@@ -348,11 +559,12 @@ class JobQueue:
         *,
         worker: str | None = None,
     ) -> None:
+        """End the job: exactly once, with its value or its error (``worker``:
+        the one that ran it, if no sending is out any more)."""
         if self._pending.pop(pending.job.id, None) is None:
             return
-        if pending.worker is not None:
-            self.table.finished(pending.worker)
-            self._wake_dispatch.set()
+        worker = worker or pending.worker or pending.last_worker
+        self._release(pending, failed=False)
         if error is None:
             self._counts["succeeded"] += 1
         else:
@@ -361,16 +573,89 @@ class JobQueue:
                 self._counts["timed_out"] += 1
             elif isinstance(error, WorkerLost):
                 self._counts["lost"] += 1
+            elif isinstance(error, JobExhausted):
+                self._counts["exhausted"] += 1
+            self._report_failure(pending, error, worker)
+        self._record(pending, value, type(error).__name__ if error else "", str(error or ""))
         pending.done(
             JobResult(
                 pending.job,
                 value,
                 error,
-                worker or pending.worker,
-                pending.job.attempt,
+                worker,
+                pending.attempt,
                 trio.current_time() - pending.submitted,
             )
         )
+
+    def _attempt_failed(self, pending: _Pending, error: JobError, why: str, worker: str) -> None:
+        """An attempt on ``worker`` failed (``why``: the error's name, or
+        ``AttemptTimeout``): retry the job after a backoff, preferring another
+        node, or end it."""
+        pending.last_error = error
+        pending.last_worker = worker
+        policy = pending.policy
+        if policy.retries(pending.attempt, why):
+            pending.avoid.add(_node_of(worker))
+            now = trio.current_time()
+            pending.retry_at = now + policy.delay(pending.attempt, self._rng)
+            self._counts["retried"] += 1
+            self._at(pending.retry_at, pending.job.id, _RETRY)
+            return
+        retryable = why in RETRYABLE or (policy.retry_failed and why == "JobFailed")
+        if why == "AttemptTimeout" and policy.max_attempts == 1:
+            return  # (no other attempt to make: the one out may still answer)
+        if retryable and policy.max_attempts > 1:
+            error = JobExhausted(
+                f"{pending.job.kind!r} job {pending.job.id} failed on all {pending.attempt} "
+                f"attempts; the last: {error}",
+                pending.attempt,
+                error,
+            )
+            error.__cause__ = pending.last_error
+        self._finish(pending, None, error, worker=worker)
+
+    def _report_failure(self, pending: _Pending, error: JobError, worker: str | None) -> None:
+        if self.failures is None:
+            return
+        job = pending.job
+        cause = error.last_error if isinstance(error, JobExhausted) else error
+        self.failures.report(
+            JobGaveUp(
+                job.id,
+                job.kind,
+                pending.attempt,
+                type(cause or error).__name__,
+                str(error),
+                worker,
+                self.address,
+                _converter(self.node.codec.format).unstructure(job.payload),
+                time.time(),
+            )
+        )
+
+    def _breaker_changes(self, changes: list[BreakerChanged]) -> None:
+        for change in changes:
+            if change.after is BreakerState.OPEN and change.before is not BreakerState.OPEN:
+                logger.warning(
+                    "%s: circuit to %s opened after %d failures",
+                    self.address,
+                    change.key,
+                    change.failures,
+                )
+                if self.failures is not None:
+                    self.failures.report(
+                        CircuitOpened(
+                            change.key,
+                            change.failures,
+                            self.breakers.config.reset_timeout,
+                            time.time(),
+                        )
+                    )
+            elif change.after is BreakerState.CLOSED:
+                logger.info("%s: circuit to %s closed", self.address, change.key)
+                if self.failures is not None:
+                    self.failures.report(CircuitClosed(change.key, time.time()))
 
     # -- the coordinator's tasks ---------------------------------------------------------
 
@@ -380,21 +665,24 @@ class JobQueue:
             await self._wake_dispatch.wait()
             self._wake_dispatch = trio.Event()
             await self._dispatch()
+            self._flush()
 
     async def _dispatch(self) -> None:
         skipped: list[_Pending] = []
+        placed: list[tuple[_Pending, str, int, RunJob]] = []
+        now = trio.current_time()
         for _ in range(len(self._waiting)):
             if not self._waiting or not self.table.has_room():
                 break
             pending = self._waiting.popleft()
             job = pending.job
             if self._pending.get(job.id) is not pending:
-                continue  # abandoned, or timed out while waiting
+                continue  # ended while waiting (abandoned, timed out)
             if self.table.placeable(job) != "yes":  # its workers went away
                 self._park(pending)
                 continue
             try:
-                chosen = self.strategy.choose(job, self.table.candidates(job.kind))
+                chosen = self.strategy.choose(job, self._candidates(pending, now))
             except Exception as exc:  # a strategy's bug or refusal fails the job, not the queue
                 logger.warning(
                     "%s: %r could not place job %s",
@@ -415,8 +703,31 @@ class JobQueue:
             if chosen is None:
                 skipped.append(pending)
                 continue
-            await self._send(pending, chosen.worker)
+            placed.append(self._place(pending, chosen.worker))
         self._waiting.extendleft(reversed(skipped))
+        # Written down before they are sent (with the attempt they are on), in
+        # one transaction per round; then sent.
+        self._flush()
+        for pending, worker, ticket, message in placed:
+            await self._deliver(pending, worker, ticket, message)
+
+    def _candidates(self, pending: _Pending, now: float) -> list[Candidate]:
+        """The workers for the job: those on nodes membership holds reachable
+        (checked here too: the news of a death may still be in our mailbox)
+        whose circuit lets a job through, and of those, if any could take it,
+        the ones on nodes where the job has not failed."""
+        view = None if self.membership is None else self.membership.view
+        allowed = [
+            c
+            for c in self.table.candidates(pending.job.kind)
+            if self.breakers.allow(c.node, now)
+            and (view is None or (m := view.get(c.node)) is None or m.reachable)
+        ]
+        if pending.avoid:
+            elsewhere = [c for c in allowed if c.node not in pending.avoid]
+            if any(pending.job.tags <= c.tags for c in elsewhere):
+                return elsewhere  # (full ones too: the job waits for them)
+        return allowed
 
     def _park(self, pending: _Pending) -> None:
         """No known worker can take the job: ask the pools again before giving up.
@@ -424,9 +735,9 @@ class JobQueue:
         A pool may have registered the kind, or joined, since the last round;
         the verdict waits for a round that starts after this moment.
         """
-        pending.need = self._rounds_started + 1
+        pending.need = self.discovery.rounds_started + 1
         self._unknown.append(pending)
-        self._rediscover.set()
+        self.discovery.wake()
 
     def _recheck(self) -> None:
         """After a round of discovery: place or fail the parked jobs; park the
@@ -439,7 +750,7 @@ class JobQueue:
             why = self.table.placeable(pending.job)
             if why == "yes":
                 back.append(pending)
-            elif self._rounds_done >= pending.need:
+            elif self.discovery.rounds_done >= pending.need:
                 self._unplaceable(pending, why)
             else:
                 self._unknown.append(pending)
@@ -464,51 +775,80 @@ class JobQueue:
         known = self.workers()
         if why == "kind":
             handled = sorted({k for w in self.table.workers() for k in w.kinds})
-            error: JobError = UnknownJobKind(
+            reason = (
                 f"no worker handles {job.kind!r} jobs; the {len(known)} known pools "
                 f"handle: {', '.join(handled) or 'nothing'}"
             )
+            error: JobError = UnknownJobKind(reason)
         else:
-            error = NoMatchingWorker(
+            reason = (
                 f"no worker that handles {job.kind!r} jobs offers every tag of {sorted(job.tags)}"
             )
+            error = NoMatchingWorker(reason)
+        last = pending.last_error
+        if last is not None:  # an attempt failed, and no other worker can take the job
+            message = f"{last} (and it cannot be retried: {reason})"
+            if isinstance(last, JobFailed):
+                error = JobFailed(message, last.error_type)
+            else:
+                error = type(last)(message)
         self._finish(pending, None, error)
 
-    async def _send(self, pending: _Pending, worker: str) -> None:
+    def _place(self, pending: _Pending, worker: str) -> tuple[_Pending, str, int, RunJob]:
+        """Start an attempt of the job on ``worker`` (the sending comes next)."""
         job = pending.job
         now = trio.current_time()
         self._tickets += 1
-        pending.ticket = self._tickets
+        ticket = self._tickets
+        pending.attempt += 1
         message = RunJob(
             job.id,
             job.kind,
             _converter(self.node.codec.format).unstructure(job.payload),
-            job.attempt,
-            pending.ticket,
+            pending.attempt,
+            ticket,
             max(0.0, pending.deadline - now),
             self.address,
             job.key,
         )
-        pending.worker = worker
-        pending.sent_at = now
+        pending.sendings[ticket] = worker
         self.table.sent(worker)
+        self._breaker_changes(self.breakers.on_sent(_node_of(worker), now))
+        if pending.policy.attempt_timeout is not None:
+            self._at(now + pending.policy.attempt_timeout, job.id, _ATTEMPT, ticket)
+        if self.store is not None:
+            self._to_save[job.id] = self._stored(pending)
+        return pending, worker, ticket, message
+
+    async def _deliver(self, pending: _Pending, worker: str, ticket: int, message: RunJob) -> None:
+        job = pending.job
+        node = _node_of(worker)
         try:
             await self.node.ref(worker).tell(message)
         except (NodeUnreachable, ActorNotFound) as exc:
-            # Never delivered: forget the worker, place the job again.
+            # Never delivered, so never run: place it again (not an attempt),
+            # elsewhere if it can be, and forget the worker until discovery
+            # finds it again.
             logger.info(
-                "%s: worker %s unreachable (%s); placing job again", self.address, worker, exc
+                "%s: worker %s unreachable (%s); placing job %s again",
+                self.address,
+                worker,
+                exc,
+                job.id,
             )
             self.table.remove(worker)
-            self._changed.set()
-            self._changed = trio.Event()
+            self.discovery.changed()
+            pending.attempt -= 1
+            if pending.sendings.pop(ticket, None) is not None:
+                self._breaker_changes(self.breakers.on_failure(node, trio.current_time()))
             if self._pending.get(job.id) is pending:
-                pending.worker = None
+                pending.avoid.add(node)
                 self._waiting.appendleft(pending)
                 self._wake_dispatch.set()
         except NotSerializable as exc:
+            pending.sendings.pop(ticket, None)
             self.table.finished(worker)
-            pending.worker = None
+            self.breakers.on_abandoned(node, trio.current_time())
             self._finish(
                 pending,
                 None,
@@ -523,26 +863,30 @@ class JobQueue:
             self.table.report(worker, done.outstanding)
             self._wake_dispatch.set()
         pending = self._pending.get(done.id)
-        if (
-            pending is None
-            or pending.worker is None
-            or pending.worker != worker
-            or pending.ticket != done.ticket
-        ):
+        if pending is None or worker is None or pending.sendings.get(done.ticket) != worker:
             self._counts["late_results"] += 1
             return
-        if done.error == _BUSY:
+        del pending.sendings[done.ticket]
+        self.table.finished(worker)
+        now = trio.current_time()
+        node = _node_of(worker)
+        if done.error == _BUSY:  # refused, never run: place it again (not an attempt)
             self._counts["rejected_busy"] += 1
-            self.table.finished(pending.worker)
-            if worker is not None:
-                self.table.busy(worker)
-            pending.worker = None
-            self._waiting.appendleft(pending)
+            self.table.busy(worker)
+            self.breakers.on_abandoned(node, now)
+            pending.attempt -= 1
+            if not pending.sendings and pending.retry_at == math.inf:
+                self._waiting.appendleft(pending)
             return
-        if done.error:
-            self._finish(pending, None, _error(done.error, done.error_type, done.text))
-            return
+        self._breaker_changes(self.breakers.on_success(node, now))  # (the node answered)
         job = pending.job
+        if done.error:
+            error = _error(done.error, done.error_type, done.text)
+            if done.error == "JobFailed" and not pending.sendings:
+                self._attempt_failed(pending, error, "JobFailed", worker)
+            elif not pending.sendings:
+                self._finish(pending, None, error, worker=worker)
+            return
         try:
             value = _structure(self.node.codec.format, done.value, job.result_type)
         except InvalidJobPayload as exc:
@@ -553,123 +897,91 @@ class JobQueue:
                     f"the result of {job.kind!r} job {job.id} from {worker} does not fit "
                     f"{_type_name(job.result_type)}: {exc}"
                 ),
+                worker=worker,
             )
             return
-        self._finish(pending, value, None)
+        self._finish(pending, value, None, worker=worker)  # the first answer wins
 
     def _on_member(self, change: MemberChanged) -> None:
         if change.after.reachable:
             if change.before is None or not change.before.reachable:
-                self._rediscover.set()
+                self.discovery.wake()
             return
         if self.table.remove_node(change.node):
-            self._changed.set()
-            self._changed = trio.Event()
-        # Every job out on that node is lost, whether or not its pool is still
-        # in the table (a drained pool leaves the table but finishes its jobs).
-        suffix = f"@{change.node}"
+            self.discovery.changed()
+        # Every sending out on that node is lost, whether or not its pool is
+        # still in the table (a drained pool leaves the table but finishes its jobs).
+        now = trio.current_time()
+        state = change.after.state.name.lower()
         for pending in list(self._pending.values()):
-            if pending.worker is not None and pending.worker.endswith(suffix):
-                self._finish(
-                    pending,
-                    None,
-                    WorkerLost(
-                        f"{pending.job.kind!r} job {pending.job.id} was on {pending.worker}, "
-                        f"whose node is {change.after.state.name.lower()}"
-                    ),
-                )
+            lost = [t for t, w in pending.sendings.items() if _node_of(w) == change.node]
+            if not lost:
+                continue
+            worker = pending.sendings[lost[-1]]
+            for ticket in lost:
+                self.table.finished(pending.sendings.pop(ticket))
+            self._breaker_changes(self.breakers.on_failure(change.node, now))
+            if pending.sendings or pending.retry_at != math.inf:
+                continue  # another attempt is out or coming
+            error = WorkerLost(
+                f"{pending.job.kind!r} job {pending.job.id} was on {worker}, whose node is {state}"
+            )
+            self._attempt_failed(pending, error, "WorkerLost", worker)
+        self.breakers.forget(change.node)
         self._recheck_waiting()
 
-    async def _deadline_loop(self) -> None:
-        """Fail the jobs whose deadline passed: one cancel scope at the earliest deadline."""
+    async def _timer_loop(self) -> None:
+        """Deadlines, attempt timeouts and retries: one cancel scope at the earliest."""
         while True:
             with trio.CancelScope() as self._timer:
-                self._timer.deadline = self._deadlines[0][0] if self._deadlines else math.inf
+                self._timer.deadline = self._timers[0][0] if self._timers else math.inf
                 await trio.sleep_forever()
             self._timer = None
             now = trio.current_time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, _, job_id = heapq.heappop(self._deadlines)
+            while self._timers and self._timers[0][0] <= now:
+                _, _, job_id, what, ticket = heapq.heappop(self._timers)
                 pending = self._pending.get(job_id)
-                if pending is not None and pending.deadline <= now:
-                    where = (
-                        f"on {pending.worker}" if pending.worker else "waiting for a free worker"
-                    )
-                    self._finish(
-                        pending,
-                        None,
-                        JobTimeout(
-                            f"{pending.job.kind!r} job {job_id} had no result within "
-                            f"{pending.deadline - pending.submitted:g} s ({where})"
-                        ),
-                    )
+                if pending is None:
+                    continue
+                if what == _DEADLINE:
+                    self._timed_out(pending)
+                elif what == _RETRY and pending.retry_at <= now:
+                    pending.retry_at = math.inf
+                    self._waiting.appendleft(pending)
+                    self._wake_dispatch.set()
+                elif what == _ATTEMPT and ticket in pending.sendings:
+                    worker = pending.sendings[ticket]
+                    self._breaker_changes(self.breakers.on_failure(_node_of(worker), now))
+                    if ticket == max(pending.sendings) and pending.retry_at == math.inf:
+                        timeout = pending.policy.attempt_timeout
+                        error = JobTimeout(
+                            f"{pending.job.kind!r} job {job_id}: no answer from {worker} "
+                            f"within the attempt timeout ({timeout:g} s)"
+                        )
+                        self._attempt_failed(pending, error, "AttemptTimeout", worker)
 
-    async def _discover_loop(self) -> None:
-        while True:
-            self._rounds_started += 1
-            if await self._discover():
-                self._recheck_waiting()
-            self._rounds_done += 1
-            self._round_done.set()
-            self._round_done = trio.Event()
-            self._recheck()
-            self._ready.set()
-            self._wake_dispatch.set()
-            with trio.move_on_after(self.refresh_interval):
-                await self._rediscover.wait()
-            self._rediscover = trio.Event()
+    def _timed_out(self, pending: _Pending) -> None:
+        if pending.sendings:
+            where = f"on {pending.worker}"
+        elif pending.retry_at != math.inf:
+            where = f"waiting to retry after {pending.last_error}"
+        else:
+            where = "waiting for a free worker"
+        attempts = f" after {pending.attempt} attempts" if pending.attempt > 1 else ""
+        self._finish(
+            pending,
+            None,
+            JobTimeout(
+                f"{pending.job.kind!r} job {pending.job.id} had no result within "
+                f"{pending.deadline - pending.submitted:g} s{attempts} ({where})"
+            ),
+        )
 
-    def _addresses(self) -> set[str]:
-        found = set(self.static_workers)
-        if self.membership is not None:
-            found.update(ref.address for ref in self.membership.lookup(self.pool_name))
-        elif self.pool_name in self.node.system.names():
-            found.add(f"{self.pool_name}@{self.node.name}")
-        return found
-
-    async def _discover(self) -> bool:
-        """Ask every pool how it is; return whether any pool went away."""
-        addresses = self._addresses()
-        changed = removed = False
-        for worker in [w.worker for w in self.table.workers()]:
-            if worker not in addresses:  # no longer announced (e.g. draining): no new jobs
-                self.table.remove(worker)
-                changed = removed = True
-
-        async def ask(address: str) -> None:
-            nonlocal changed, removed
-            start = trio.current_time()
-            try:
-                info = await self.node.ref(address).ask(
-                    DescribeWorker(), timeout=max(self.refresh_interval, 0.5)
-                )
-            except AskTimeout:
-                return  # slow, not gone: keep what we knew
-            except (TrioactorsError, ValueError) as exc:
-                if self.table.remove(address):
-                    changed = removed = True
-                logger.debug("%s: no worker pool at %s: %s", self.address, address, exc)
-                return
-            if not isinstance(cast("object", info), WorkerInfo):
-                return  # (a peer answered with some other registered type)
-            changed |= self.table.describe(
-                worker=address,
-                node=info.node,
-                kinds=info.kinds,
-                tags=info.tags,
-                concurrency=info.concurrency,
-                slots=info.slots,
-                outstanding=info.running + info.queued,
-                rtt=trio.current_time() - start,
-            )
-
-        async with trio.open_nursery() as nursery:
-            for address in sorted(addresses):
-                nursery.start_soon(ask, address)
-        if changed:
-            self._changed.set()
-            self._changed = trio.Event()
-        return removed
+    def _after_round(self, removed: bool) -> None:
+        if removed:
+            self._recheck_waiting()
+        self._recheck()
+        self._wake_dispatch.set()
 
 
 class _QueueActor(Actor[JobDone | MemberChanged]):
@@ -678,9 +990,9 @@ class _QueueActor(Actor[JobDone | MemberChanged]):
 
     async def on_start(self) -> None:
         q = self.queue
-        self.context.start_soon(q._deadline_loop)
+        self.context.start_soon(q._timer_loop)
         self.context.start_soon(q._dispatch_loop)
-        self.context.start_soon(q._discover_loop)
+        self.context.start_soon(q.discovery.run, q._after_round)
 
     async def receive(self, message: JobDone | MemberChanged) -> object:
         if type(message) not in (JobDone, MemberChanged):
@@ -694,6 +1006,33 @@ class _QueueActor(Actor[JobDone | MemberChanged]):
         return None
 
 
+def _policy(stored: StoredJob) -> RetryPolicy | None:
+    if stored.retry is None:
+        return None
+    try:
+        return _converter("json").structure(stored.retry, RetryPolicy)
+    except Exception as exc:
+        logger.warning(
+            "job %s: its stored retry policy is unusable (%s): 3 attempts", stored.id, exc
+        )
+        return None
+
+
+def _is_store(value: object) -> TypeGuard[JobStore]:
+    return hasattr(value, "save") and hasattr(value, "pending")
+
+
+def _open_store(store: JobStore | str | os.PathLike[str] | None) -> JobStore | None:
+    if store is None or _is_store(store):
+        return store
+    assert isinstance(store, (str, os.PathLike))
+    return open_job_store(store)
+
+
+def _node_of(worker: str) -> str:
+    return worker.rpartition("@")[2]
+
+
 async def start_job_queue(
     node: Node,
     *,
@@ -703,6 +1042,10 @@ async def start_job_queue(
     pool_name: str = POOL,
     default_timeout: float = DEFAULT_JOB_TIMEOUT,
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    retry: RetryPolicy | None = None,
+    breaker: BreakerConfig | None = None,
+    failures: FailureSupervisor | None = None,
+    store: JobStore | str | os.PathLike[str] | None = None,
     seed: int | None = None,
     name: str = QUEUE,
 ) -> JobQueue:
@@ -721,7 +1064,18 @@ async def start_job_queue(
       workers: addresses of worker pools to use besides those found.
       default_timeout: seconds a job may take unless it says otherwise (60).
       refresh_interval: seconds between asking every pool how it is (1).
-      seed: seeds the strategy's random choices (for tests).
+      retry: how jobs are retried unless their kind or they say otherwise
+        (default ``RetryPolicy()``: 3 attempts, backoff with full jitter, for
+        failures of the worker's node; ``NO_RETRY``: at most once).
+      breaker: the circuit breaker kept for each node (default
+        ``BreakerConfig()``: open after 5 failures in a row, try again after 30 s).
+      failures: where to report jobs that failed and circuits that opened or
+        closed (see :func:`~trioactors.start_failure_supervisor`).
+      store: where jobs are written down before they are sent (a
+        :class:`~trioactors.JobStore`, or the path of a SQLite file), so that
+        a coordinator restarted on it takes up the jobs left pending (see
+        :meth:`JobQueue.recovered`). Without it, jobs live in memory only.
+      seed: seeds the strategy's random choices and the retry delays (for tests).
       name: the coordinator actor's name (``$jobs:queue``).
 
     .. versionadded:: 0.1
@@ -742,82 +1096,20 @@ async def start_job_queue(
         workers=workers,
         default_timeout=default_timeout,
         refresh_interval=refresh_interval,
+        retry=retry or RetryPolicy(),
+        breaker=breaker or BreakerConfig(),
+        failures=failures,
+        store=_open_store(store),
+        rng=rng,
         name=name,
     )
     ref = await node.root.start_actor(_QueueActor, queue, name=name, mailbox_size=10_000)
     if membership is not None:
         membership.subscribe(ref)
-    await queue._ready.wait()
+    await queue.discovery.ready.wait()
+    if queue.store is not None:
+        queue._recover()
+        queue._wake_dispatch.set()
+    else:
+        queue._recovered_all.set()
     return queue
-
-
-# -- streams of results ---------------------------------------------------------------------
-
-
-@final
-class ResultStream(Generic[R]):
-    """Results of :meth:`JobQueue.submit_many`, as they arrive.
-
-    ``async with`` it, then ``async for`` over it; see
-    :meth:`JobQueue.submit_many`.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, queue: JobQueue, jobs: Iterator[Job[R]], window: int) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, not {window}")
-        self._queue = queue
-        self._jobs: Iterator[Job[R]] | None = jobs
-        self._window = window
-        self._out: set[str] = set()
-        self._results: deque[JobResult[object]] = deque()
-        self._arrived = trio.Event()
-        self._closed = False
-
-    async def __aenter__(self) -> ResultStream[R]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Abandon the jobs still out (their late results are counted and dropped)."""
-        self._closed = True
-        self._jobs = None
-        for job_id in list(self._out):
-            self._queue._abandon(job_id)
-        self._out.clear()
-        await trio.lowlevel.checkpoint()
-
-    def __aiter__(self) -> AsyncIterator[JobResult[R]]:
-        return self
-
-    def _fill(self) -> None:
-        while self._jobs is not None and len(self._out) + len(self._results) < self._window:
-            job = next(self._jobs, None)
-            if job is None:
-                self._jobs = None
-                return
-            job = self._queue._enqueue(job, self._done)
-            self._out.add(job.id)
-
-    def _done(self, result: JobResult[object]) -> None:
-        if result.job.id in self._out:
-            self._out.discard(result.job.id)
-            self._results.append(result)
-            self._arrived.set()
-
-    async def __anext__(self) -> JobResult[R]:
-        if self._closed:
-            raise StopAsyncIteration
-        self._fill()
-        while not self._results:
-            if not self._out:
-                raise StopAsyncIteration
-            await self._arrived.wait()
-            self._arrived = trio.Event()
-        result = cast("JobResult[R]", self._results.popleft())
-        self._fill()
-        await trio.lowlevel.checkpoint()
-        return result

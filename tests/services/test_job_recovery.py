@@ -60,15 +60,23 @@ async def test_pending_jobs_survive_a_crash_of_the_coordinator(
                     inner.start_soon(queue.submit, job)
                 submitted.set()
 
-        nursery.start_soon(submit_all)
+        submitters = trio.CancelScope()
+
+        async def submitting() -> None:
+            with submitters:
+                await submit_all()
+
+        nursery.start_soon(submitting)
         await submitted.wait()
         await trio.sleep(1)  # all twelve are out on workers
         assert queue.statistics().in_flight == 12
         pending = {job.id: job.attempt for job in store.pending()}
         assert pending == {job.id: 1 for job in long}  # written before they were sent
 
-        jobs.cluster.network.crash("c")  # the coordinator's process dies
-        store.close()  # (the process's file lock goes with it)
+        jobs.cluster.network.crash("c")  # the coordinator's process dies...
+        queue.store = None  # ...with its memory (its submitters do not abandon anything)
+        submitters.cancel()
+        store.close()  # (and the process's file lock goes with it)
         await trio.sleep(5)
 
         store = ta.SqliteJobStore(path)
@@ -99,9 +107,17 @@ async def test_a_job_on_its_last_attempt_at_the_crash_is_reported_lost(
         queue: ta.JobQueue = await nursery.start(run_coordinator, jobs, store)
         await queue.wait_for_workers(3)
         once = SLEEP.job(30.0, retry=ta.NO_RETRY)
-        nursery.start_soon(queue.submit, once)
+        submitter = trio.CancelScope()
+
+        async def submit() -> None:
+            with submitter:
+                await queue.submit(once)
+
+        nursery.start_soon(submit)
         await trio.sleep(1)
         jobs.cluster.network.crash("c")
+        queue.store = None
+        submitter.cancel()
         store.close()
 
         store = ta.SqliteJobStore(path)

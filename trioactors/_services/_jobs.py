@@ -86,6 +86,7 @@ from .._errors import (
     NodeUnreachable,
     NoMatchingWorker,
     NotSerializable,
+    StoreError,
     UnknownJobKind,
     WorkerLost,
 )
@@ -162,6 +163,8 @@ class JobQueueStatistics:
     answered or given up on (late or duplicated): ignored."""
     rejected_busy: int
     """Times a pool refused a job as busy (the job was placed again)."""
+    store_errors: int
+    """Writes to the job store that failed (logged; the jobs went on unwritten)."""
     waiting: int
     """Jobs not yet placed on a worker."""
     in_flight: int
@@ -273,7 +276,6 @@ class JobQueue:
         # never takes an answer to its predecessor's sending for its own.
         self._tickets = secrets.randbits(48)
         self._to_save: dict[str, StoredJob] = {}  # written before the next sending
-        self._to_finish: list[StoredOutcome] = []
         self._recovered: list[JobResult[object]] = []
         self._recovering = 0
         self._recovered_all = trio.Event()
@@ -291,6 +293,7 @@ class JobQueue:
                 "retried",
                 "late_results",
                 "rejected_busy",
+                "store_errors",
             ),
             0,
         )
@@ -480,23 +483,25 @@ class JobQueue:
         )
 
     def _record(self, pending: _Pending, value: object, error: str, message: str) -> None:
-        """Write down how the job ended (with the next flush)."""
+        """Write down how the job ended, before anyone is told: a job whose end
+        was told must not run again after a restart."""
         if self.store is None:
             return
         if self._to_save.pop(pending.job.id, None) is not None and pending.attempt == 0:
             return  # never written, never sent: nothing to take back
-        self._to_finish.append(
-            StoredOutcome(
-                pending.job.id,
-                not error,
-                _converter(self.node.codec.format).unstructure(value) if not error else None,
-                error,
-                message,
-                pending.attempt,
-                time.time(),
-            )
+        outcome = StoredOutcome(
+            pending.job.id,
+            not error,
+            _converter(self.node.codec.format).unstructure(value) if not error else None,
+            error,
+            message,
+            pending.attempt,
+            time.time(),
         )
-        self._wake_dispatch.set()
+        try:
+            self.store.finish([outcome])
+        except StoreError as exc:
+            self._store_failed(exc)
 
     def _flush(self) -> None:
         """Write what waits to be written, in one transaction each way."""
@@ -505,10 +510,16 @@ class JobQueue:
             return
         if self._to_save:
             jobs, self._to_save = list(self._to_save.values()), {}
-            store.save(jobs)
-        if self._to_finish:
-            outcomes, self._to_finish = self._to_finish, []
-            store.finish(outcomes)
+            try:
+                store.save(jobs)
+            except StoreError as exc:
+                self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        # The jobs go on, unwritten: a restart would not find them. Loud, and
+        # counted, rather than stopping all work because a disk filled up.
+        self._counts["store_errors"] += 1
+        logger.error("%s: cannot write to the job store: %s", self.address, exc)
 
     def _recover(self) -> None:
         """Take up the jobs a predecessor left pending in the store."""

@@ -21,6 +21,10 @@ from ._core._balance import strategy_by_name as strategy_by_name
 from ._core._breaker import BreakerChanged as BreakerChanged
 from ._core._breaker import BreakerConfig as BreakerConfig
 from ._core._breaker import BreakerState as BreakerState
+from ._core._healing import HealingChanged as HealingChanged
+from ._core._healing import HealingConfig as HealingConfig
+from ._core._healing import HealingState as HealingState
+from ._core._healing import LatencyWindow as LatencyWindow
 from ._core._jobs import Job as Job
 from ._core._jobs import JobKind as JobKind
 from ._core._jobs import JobResult as JobResult
@@ -126,6 +130,12 @@ from ._services._failures import RestartStorm as RestartStorm
 from ._services._failures import log_failures as log_failures
 from ._services._failures import register_failure_messages as register_failure_messages
 from ._services._failures import start_failure_supervisor as start_failure_supervisor
+from ._services._health import HealthMonitor as HealthMonitor
+from ._services._health import HealthStatistics as HealthStatistics
+from ._services._health import Probe as Probe
+from ._services._health import actor_probe as actor_probe
+from ._services._health import dependency_probe as dependency_probe
+from ._services._health import start_health as start_health
 from ._services._jobs import DEFAULT_JOB_TIMEOUT as DEFAULT_JOB_TIMEOUT
 from ._services._jobs import JobQueue as JobQueue
 from ._services._jobs import JobQueueStatistics as JobQueueStatistics
@@ -135,6 +145,9 @@ from ._services._mapreduce import partition_of as partition_of
 from ._services._membership import Membership as Membership
 from ._services._membership import MembershipConfig as MembershipConfig
 from ._services._membership import start_membership as start_membership
+from ._services._metrics import Health as Health
+from ._services._metrics import Metrics as Metrics
+from ._services._metrics import start_metrics as start_metrics
 from ._services._results import ResultStream as ResultStream
 from ._services._store import JobStore as JobStore
 from ._services._store import MemoryJobStore as MemoryJobStore

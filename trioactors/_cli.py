@@ -167,6 +167,13 @@ def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     help="A capability the worker pool offers to jobs that require it, e.g. gpu (repeatable).",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics (/metrics) and health (/healthz) over HTTP on --host "
+    "at PORT.  [default: off]",
+)
+@click.option(
     "--ignore-stdin",
     is_flag=True,
     help="Keep running when standard input closes (under a service manager); "

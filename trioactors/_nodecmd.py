@@ -18,8 +18,10 @@ The node runs the admin service (``$admin``: ``trioactors status``, ``drain``,
 ``shutdown``...), membership, and (unless ``--workers 0``) a worker pool,
 ``jobs:worker``, that runs the example jobs of :mod:`trioactors.examples`
 (echo, sleep, digest, the word count's map and reduce) on ``--workers``
-concurrent tasks, offering the ``--tag`` capabilities. Once serving, the command prints one JSON
-line ``{"name": ..., "address": ...}`` and runs until its standard input
+concurrent tasks, offering the ``--tag`` capabilities. With ``--metrics-port`` it serves
+Prometheus metrics (``GET /metrics``) and its health (``GET /healthz``) over HTTP on
+``--host`` at that port (see :func:`trioactors.start_metrics`). Once serving, the command
+prints one JSON line ``{"name": ..., "address": ...}`` and runs until its standard input
 closes (unless ``--ignore-stdin``: the parent process is done with it), until
 SIGTERM or SIGINT, or until an operator shuts it down. The last two leave the
 cluster gracefully first (the members mark the node ``left`` at once). With
@@ -48,6 +50,7 @@ import trio
 import trioactors as ta
 from trioactors import examples
 from trioactors._services._admin import start_admin
+from trioactors._services._metrics import start_metrics
 from trioactors._wire._address import check_node_name
 from trioactors.transports import TcpTransport, TransportConfig, WebSocketTransport
 
@@ -196,6 +199,7 @@ class NodeSettings:
     ignore_stdin: bool = False
     workers: int = 2
     tags: tuple[str, ...] = ()
+    metrics_port: int | None = None
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -204,6 +208,8 @@ class NodeSettings:
             raise SettingsError(str(exc)) from None
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be 0-65535, not {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics_port must be 0-65535, not {self.metrics_port}")
         if not 0 <= self.workers <= 1024:
             raise SettingsError(f"workers must be 0-1024, not {self.workers}")
         for tag in self.tags:
@@ -240,6 +246,7 @@ _KEYS: Final[dict[str, tuple[type, str]]] = {
     "ignore_stdin": (bool, "true or false"),
     "workers": (int, "an integer"),
     "tags": (list, "a list of strings"),
+    "metrics_port": (int, "an integer"),
 }
 
 
@@ -259,6 +266,7 @@ def load_settings(path: str) -> dict[str, object]:
         ignore_stdin = true
         workers = 2                 # jobs run at once (0: no worker pool)
         tags = ["gpu"]              # capabilities offered to jobs
+        metrics_port = 9100         # serve /metrics and /healthz (default: off)
         [join]
         node-0 = "ws://10.0.0.2:7000"
         [peer]
@@ -340,6 +348,7 @@ def merge_settings(
         ignore_stdin=cast("bool", pick("ignore_stdin")),
         workers=cast("int", pick("workers")),
         tags=tuple(cast("Collection[str]", pick("tags"))),
+        metrics_port=cast("int | None", pick("metrics_port")),
     )
 
 
@@ -409,10 +418,20 @@ async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: byte
             "slow": SlowActor,
         }
         admin = await start_admin(node, membership=membership, factories=factories)
+        pools = []
         if settings.workers:
-            await ta.start_worker_pool(
+            pool = await ta.start_worker_pool(
                 node, examples.HANDLERS, concurrency=settings.workers, tags=settings.tags
             )
+            pools.append(pool)
+        if settings.metrics_port is not None:
+            where = (settings.host, settings.metrics_port)
+            try:
+                await start_metrics(node, membership=membership, pools=pools, serve=where)
+            except OSError as exc:  # (the command reports it as "cannot serve")
+                raise OSError(
+                    exc.errno, f"{exc.strerror or exc} (--metrics-port {settings.metrics_port})"
+                ) from exc
         printer = None
         if settings.events:
             printer = await node.root.start_actor(

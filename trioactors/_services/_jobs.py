@@ -414,13 +414,16 @@ class JobQueue:
 
     # -- submitting --------------------------------------------------------------------
 
-    def _enqueue(self, job: Job[R], done: Callable[[JobResult[object]], None]) -> Job[R]:
+    def _enqueue(
+        self, job: Job[R], done: Callable[[JobResult[object]], None], *, attempt: int = 0
+    ) -> Job[R]:
         if job.id in self._pending:
             raise ValueError(f"job {job.id} is already submitted and not finished")
         job = attrs.evolve(job, submitter=self.address)
         timeout = self.default_timeout if job.timeout is None else job.timeout
         deadline = trio.current_time() + timeout
         pending = _Pending(job, deadline, job.retry or self.retry, done)
+        pending.attempt = attempt  # (attempts a predecessor started, when recovered)
         self._pending[job.id] = pending
         self._counts["submitted"] += 1
         if self.store is not None:
@@ -525,9 +528,11 @@ class JobQueue:
         """Take up the jobs a predecessor left pending in the store."""
         assert self.store is not None
         now = time.time()
-        for stored in self.store.pending():
-            if stored.id in self._pending:
-                continue
+        left_over = [job for job in self.store.pending() if job.id not in self._pending]
+        self._recovering = len(left_over)  # (first: some may end at once)
+        if not left_over:
+            self._recovered_all.set()
+        for stored in left_over:
             left = math.inf if stored.deadline is None else stored.deadline - now
             job: Job[object] = Job(
                 stored.kind,
@@ -538,11 +543,9 @@ class JobQueue:
                 timeout=max(left, 1e-3) if left != math.inf else None,
                 retry=_policy(stored),
             )
-            self._recovering += 1
-            job = self._enqueue(job, self._recovered_done)
+            job = self._enqueue(job, self._recovered_done, attempt=stored.attempt)
             pending = self._pending[job.id]
             pending.job = attrs.evolve(job, submitter=stored.submitter)
-            pending.attempt = stored.attempt
             if stored.attempt >= pending.policy.max_attempts:
                 # Its last attempt was out when the coordinator stopped: it
                 # may have run; no attempt is left to find out.
@@ -553,8 +556,6 @@ class JobQueue:
                 self._attempt_failed(pending, lost, "WorkerLost", f"?@{self.node.name}")
             elif left <= 0:
                 self._timed_out(pending)
-        if not self._recovering:
-            self._recovered_all.set()
         self._flush()
 
     def _recovered_done(self, result: JobResult[object]) -> None:

@@ -15,7 +15,8 @@ also come from a TOML file (``--config``; see :func:`load_settings`), which
 options on the command line override.
 
 The node runs the admin service (``$admin``: ``trioactors status``, ``drain``,
-``shutdown``...), membership, and (unless ``--workers 0``) a worker pool,
+``shutdown``...), membership, a failure supervisor (``$failures``: members lost
+and restart storms are logged and kept), and (unless ``--workers 0``) a worker pool,
 ``jobs:worker``, that runs the example jobs of :mod:`trioactors.examples`
 (echo, sleep, digest, the word count's map and reduce) on ``--workers``
 concurrent tasks, offering the ``--tag`` capabilities. With ``--metrics-port`` it serves
@@ -418,6 +419,10 @@ async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: byte
             "slow": SlowActor,
         }
         admin = await start_admin(node, membership=membership, factories=factories)
+        # Failures (members lost, restart storms; reports from job queues that
+        # use this node's supervisor) are logged, and kept for `trioactors ask
+        # '$failures@NODE' '$failures.ListDeadLetters' '{}'`.
+        await ta.start_failure_supervisor(node, membership=membership)
         pools = []
         if settings.workers:
             pool = await ta.start_worker_pool(

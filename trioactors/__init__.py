@@ -123,6 +123,7 @@ from ._services._failures import FailureInfo as FailureInfo
 from ._services._failures import FailureReport as FailureReport
 from ._services._failures import FailureStatistics as FailureStatistics
 from ._services._failures import FailureSupervisor as FailureSupervisor
+from ._services._failures import HealthGaveUp as HealthGaveUp
 from ._services._failures import JobGaveUp as JobGaveUp
 from ._services._failures import ListDeadLetters as ListDeadLetters
 from ._services._failures import NodeDown as NodeDown

@@ -23,6 +23,7 @@ from trioactors._services._failures import (
     FailureInfo,
     FailureReport,
     FailureStatistics,
+    HealthGaveUp,
     FailureSupervisor,
     JobGaveUp,
     ListDeadLetters,
@@ -61,6 +62,7 @@ REPORTS: list[FailureReport] = [
     RestartStorm("/root/crasher", 6, 10.0),
     CircuitOpened("n3", 5, 30.0),
     CircuitClosed("n3"),
+    HealthGaveUp("database", 3, 300.0, "recover() took longer than 30 s"),
 ]
 
 
@@ -131,6 +133,7 @@ def test_describe_and_default_keys() -> None:
         "restart storm: /root/crasher restarted 6 times within 10 s",
         "circuit to node n3 opened after 5 failures; a trial job in 30 s",
         "circuit to node n3 closed",
+        "gave up healing database after 3 recoveries within 300 s: recover() took longer than 30 s",
     ]
     assert [default_alert_key(r) for r in REPORTS] == [
         "JobGaveUp:resize",
@@ -138,6 +141,7 @@ def test_describe_and_default_keys() -> None:
         "RestartStorm:/root/crasher",
         "CircuitOpened:n3",
         "CircuitClosed:n3",
+        "HealthGaveUp:database",
     ]
 
 
@@ -442,7 +446,7 @@ async def test_a_report_told_across_nodes_arrives_typed(
 
             for report in REPORTS[1:]:
                 await remote.tell(report)
-            assert await seen.reports(4) == REPORTS[1:]
+            assert await seen.reports(len(REPORTS) - 1) == REPORTS[1:]
 
             letters = await remote.ask(ListDeadLetters())
             assert isinstance(letters, DeadLetterList)

@@ -195,6 +195,22 @@ async def test_a_report_only_probe_gives_up_at_once(
     )
 
 
+async def test_a_give_up_is_reported_to_the_failure_supervisor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    db = Script([False, False, False, False])
+    async with one_node() as node:
+        failures = await ta.start_failure_supervisor(node, handlers=[])
+        monitor = await start_health(
+            node, [dependency_probe("disk", db.check, interval=1.0)], failures=failures
+        )
+        await monitor.wait_state("disk", RECOVERING)
+        await trio.sleep(0.1)
+        [report] = [r for r in failures.reports() if isinstance(r, ta.HealthGaveUp)]
+        assert report.target == "disk"
+        assert report.recoveries == 0  # (a report-only probe)
+
+
 async def test_a_hanging_check_is_unhealthy_after_its_timeout_and_delays_no_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -101,6 +101,7 @@ __all__ = [
     "FailureReport",
     "FailureStatistics",
     "FailureSupervisor",
+    "HealthGaveUp",
     "JobGaveUp",
     "ListDeadLetters",
     "NodeDown",
@@ -206,7 +207,25 @@ class CircuitClosed:
     at: float = attrs.field(factory=time.time)
 
 
-FailureReport: TypeAlias = JobGaveUp | NodeDown | RestartStorm | CircuitOpened | CircuitClosed
+@final
+@attrs.frozen
+class HealthGaveUp:
+    """The health monitor could not heal ``target``: ``recoveries`` recoveries
+    within ``window`` seconds failed (0 for a probe that only reports).
+
+    .. versionadded:: 0.1
+    """
+
+    target: str
+    recoveries: int
+    window: float
+    reason: str
+    at: float = attrs.field(factory=time.time)
+
+
+FailureReport: TypeAlias = (
+    JobGaveUp | NodeDown | RestartStorm | CircuitOpened | CircuitClosed | HealthGaveUp
+)
 """Any failure report."""
 
 FailureHandler: TypeAlias = Callable[[FailureReport], object]
@@ -296,6 +315,7 @@ _CLASSES: tuple[type, ...] = (
     RestartStorm,
     CircuitOpened,
     CircuitClosed,
+    HealthGaveUp,
     ListDeadLetters,
     DeadLetterList,
     FailureInfo,
@@ -432,6 +452,11 @@ def describe_failure(report: FailureReport) -> str:
             )
         case CircuitClosed():
             return f"circuit to node {report.node} closed"
+        case HealthGaveUp():
+            return (
+                f"gave up healing {report.target} after {report.recoveries} recoveries "
+                f"within {report.window:g} s: {report.reason}"
+            )
         case _:
             assert_never(report)
 
@@ -464,6 +489,8 @@ def default_alert_key(report: FailureReport) -> str:
             subject = report.node
         case RestartStorm():
             subject = report.path
+        case HealthGaveUp():
+            subject = report.target
         case _:
             assert_never(report)
     return f"{type(report).__name__}:{subject}"
@@ -549,7 +576,14 @@ class _FailuresActor(Actor[_Message]):
         if type(message) not in _HANDLED:  # (a peer may send any registered type)
             return await super().receive(message)
         match message:
-            case JobGaveUp() | NodeDown() | RestartStorm() | CircuitOpened() | CircuitClosed():
+            case (
+                JobGaveUp()
+                | NodeDown()
+                | RestartStorm()
+                | CircuitOpened()
+                | CircuitClosed()
+                | HealthGaveUp()
+            ):
                 s._record(message)
             case ListDeadLetters(kind, limit):
                 return DeadLetterList(s.dead_letters(kind)[-limit:] if limit > 0 else [])

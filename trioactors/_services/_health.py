@@ -55,9 +55,8 @@ The state (probes, machines, windows, history, counters) lives in the
 whose machine still waits for the outcome of a recovery (the restart
 interrupted it) runs the recovery again before its next check.
 
-A give-up is not sent to the failure supervisor: none of its report types
-describes it (:class:`~trioactors.RestartStorm` counts restarts of a path,
-not an unhealthy dependency). ``failures=`` is kept for when one does.
+A give-up is logged and, given a failure supervisor, reported to it as a
+:class:`~trioactors.HealthGaveUp`.
 
 Invariants: at most one task per probe, so a target's checks and recoveries
 never overlap; ``recovered()`` follows every :attr:`~trioactors.Action.RECOVER`
@@ -86,6 +85,7 @@ from .._core._healing import (
 )
 from .._errors import LocalProtocolError
 from .._runtime._actor import Actor
+from ._failures import HealthGaveUp
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -599,6 +599,18 @@ class HealthMonitor:
                 config.max_recoveries,
                 config.recovery_window,
             )
+        if self.failures is not None:
+            recoveries = 0 if target.probe.recover is None else config.max_recoveries
+            last = self._last_reason(target)
+            self.failures.report(
+                HealthGaveUp(target.probe.name, recoveries, config.recovery_window, last)
+            )
+
+    def _last_reason(self, target: _Target) -> str:
+        for change in reversed(self._history):
+            if change.target == target.probe.name:
+                return change.reason
+        return "unhealthy"
 
     def _record(self, target: _Target, changes: list[HealingChanged]) -> None:
         if not changes or self._targets.get(target.probe.name) is not target:
@@ -653,8 +665,8 @@ async def start_health(
     Args:
       probes: the probes to run from the start (:meth:`HealthMonitor.add`
         adds more later).
-      failures: the node's failure supervisor. A give-up is logged (ERROR)
-        and counted, not reported: no report type describes it yet.
+      failures: the node's failure supervisor: a give-up is logged (ERROR),
+        counted and reported to it (:class:`~trioactors.HealthGaveUp`).
       name: the actor's name.
       history_size: how many changes of state are kept (over all probes).
 

@@ -6,7 +6,8 @@ nox -s faults           the long fault searches: tests/faults/ (CPU contention, 
                         pauses) and every property test with the "deep" hypothesis
                         profile (about 7 minutes)
 nox -s bench            benchmarks, as ratios against raw Trio baselines
-nox -s demo             a supervision tree crashing, restarting, escalating
+nox -s demo             a supervision tree crashing, restarting, escalating; then a
+                        cluster of real nodes running jobs while one is killed
 """
 
 from __future__ import annotations

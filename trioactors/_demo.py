@@ -1,17 +1,41 @@
-"""``trioactors demo``: a supervision tree that crashes, restarts and escalates.
+"""``trioactors demo``: a supervision tree that crashes, restarts and escalates
+(:func:`run_demo`); then a cluster of real node processes runs a batch of jobs,
+loses a node to SIGKILL part-way, and completes every job anyway
+(:func:`run_cluster_demo`).
 
 Everything here uses only the public API; read it as an example.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import json
 import logging
+import math
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import traceback
+from typing import IO, TYPE_CHECKING, Final
 
 import attrs
 import trio
 import trio.testing
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 import trioactors as ta
+from trioactors import examples
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @attrs.frozen
@@ -142,101 +166,327 @@ async def _settle() -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
-# -- part two: a cluster of real processes ------------------------------------------
+# -- part two: a cluster of real processes running jobs ------------------------------
+
+JOBS: Final = 300
+"""Jobs in the batch: ``sleep`` jobs of 0.05 to 0.2 s, about 6 s of work for 6 workers."""
+KILL_AT: Final = 0.3
+"""The fraction of the batch done when a node is killed."""
+VICTIM: Final = "node-3"
+TIME_LIMIT: Final = 25.0
+"""Seconds the cluster part may take, start-up included (stopping the node
+processes then takes at most ``STOP_TIME`` more)."""
+STOP_TIME: Final = 3.0
+JOB_TIMEOUT: Final = 15.0
+"""Each job's deadline: a job still out by then ends with ``JobTimeout``."""
+RETRY: Final = ta.RetryPolicy(max_attempts=3, base=0.2, cap=1.0)
+"""Three attempts; a job lost with its node waits up to 0.2 s, then goes elsewhere."""
+
+
+class DemoFailed(Exception):
+    """The cluster demo went wrong; the message says how."""
 
 
 async def run_cluster_demo() -> list[str]:
-    """Three node processes and this one: real work, a SIGKILL, recovery."""
-    import json
-    import os
-    import secrets
-    import signal
-    import subprocess
-    import sys
+    """Three node processes run a batch of jobs for this one; one is killed with
+    SIGKILL part-way; every job completes anyway.
 
-    from ._nodecmd import Add, Total, registry
-    from .transports import TransportConfig, WebSocketTransport
-
-    lines: list[str] = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
-
+    Returns the lines it printed (the tests check them). If a job does not
+    complete, or the demo runs out of time, prints a ``FAILED`` line and raises
+    ``SystemExit(1)``.
+    """
+    show = _Show()
+    log = logging.getLogger("trioactors")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # the demo tells what happens (a dead node is logged)
     secret = secrets.token_hex(16)
-    env = {**os.environ, "TRIOACTORS_SECRET": secret}
-    processes: list[trio.Process] = []
+    nodes = _NodeProcesses({**os.environ, "TRIOACTORS_SECRET": secret})
+    try:
+        with trio.fail_after(TIME_LIMIT):
+            await _cluster_demo(nodes, secret, show)
+    except Exception as exc:
+        error = _leaf(exc)
+        if isinstance(error, trio.TooSlowError):
+            why = f"the demo did not finish within {TIME_LIMIT:g} s ({show.stage})"
+        elif isinstance(error, DemoFailed):
+            why = str(error)
+        else:  # a bug: show it
+            traceback.print_exception(exc)
+            why = f"{type(error).__name__}: {error} ({show.stage})"
+        show.say(f"\nFAILED: {why}", style="bold red")
+        raise SystemExit(1) from exc
+    finally:
+        await nodes.stop()
+        log.setLevel(level)
+    return show.lines
 
-    async def start(name: str, *extra: str) -> str:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "trioactors", "node", name, *extra],
+
+class _Show:
+    """What the cluster demo prints, and where it is (for a failure's message)."""
+
+    def __init__(self) -> None:
+        self.console = Console(highlight=False)
+        self.lines: list[str] = []
+        self.stage = "starting"
+
+    def say(self, text: str, style: str | None = None) -> None:
+        self.console.print(text, style=style, markup=False, soft_wrap=True)
+        self.lines.append(text)
+
+
+async def _cluster_demo(nodes: _NodeProcesses, secret: str, show: _Show) -> None:
+    say = show.say
+    say("\n6. A cluster: three `trioactors node` processes on 127.0.0.1, each with a worker")
+    say("   pool of 2, and this process, which submits jobs through a job queue (at most")
+    tries = RETRY.max_attempts
+    say(f"   {tries} attempts per job) and watches with a failure supervisor; all four")
+    say("   joined by gossip (SWIM failure detection) over authenticated websockets.")
+    show.stage = "starting node-1"
+    await nodes.spawn("node-1")
+    first = await nodes.ready("node-1")
+    for name in ("node-2", "node-3"):  # (they start at once)
+        await nodes.spawn(name, "--join", f"node-1={first}")
+    for name in ("node-2", "node-3"):
+        show.stage = f"starting {name}"
+        await nodes.ready(name)
+
+    async with ta.open_node("demo", secret=secret, registry=ta.MessageRegistry()) as node:
+        show.stage = "joining the cluster"
+        membership = await ta.start_membership(node, seeds={"node-1": first})
+        reports: list[ta.FailureReport] = []
+        node_down = trio.Event()
+
+        def record(report: ta.FailureReport) -> None:
+            reports.append(report)
+            if isinstance(report, ta.NodeDown):
+                node_down.set()
+
+        failures = await ta.start_failure_supervisor(node, membership=membership, handlers=[record])
+        queue = await ta.start_job_queue(
+            node,
+            membership=membership,
+            failures=failures,
+            retry=RETRY,
+            default_timeout=JOB_TIMEOUT,
+        )
+        show.stage = "waiting for the worker pools"
+        while len(membership.lookup("jobs:worker")) < 3:  # (known by gossip)
+            await membership.wait_changed()
+        await queue.refresh()  # (rather than wait for its next round)
+        await queue.wait_for_workers(3, kind=examples.SLEEP.name)
+        say(f"   members: {', '.join(membership.alive())}")
+        say(f"   worker pools: {', '.join(queue.workers())}")
+
+        rng = random.Random(1)
+        jobs = [examples.SLEEP.job(round(rng.uniform(0.05, 0.2), 3)) for _ in range(JOBS)]
+        kill_after = math.ceil(KILL_AT * JOBS)
+        say(f"\n7. {JOBS} `sleep` jobs of 0.05 to 0.2 s each (simulated I/O), submitted at once")
+        say(
+            f"   with queue.submit_many; after {kill_after} results, {VICTIM} is killed with SIGKILL."
+        )
+        results: list[ta.JobResult[float]] = []
+        started = trio.current_time()
+        killed = started
+
+        async def watch_victim() -> None:
+            while (member := _member(membership, VICTIM)) is not None and member.reachable:
+                await membership.wait_changed()
+            now = trio.current_time()
+            state = "dead" if member is None else member.state.name.lower()
+            say(
+                f"   {now - started:4.1f} s  membership declared {VICTIM} {state}, "
+                f"{now - killed:.1f} s after the kill; its jobs go to the other nodes",
+                style="bold",
+            )
+
+        async with trio.open_nursery() as watcher:
+            with _progress_bar(show.console) as bar:
+                task = bar.add_task("jobs", total=JOBS)
+                async with queue.submit_many(jobs) as stream:
+                    async for result in stream:
+                        results.append(result)
+                        bar.advance(task)
+                        show.stage = f"{len(results)} of {JOBS} jobs done"
+                        if len(results) == kill_after:
+                            nodes.kill(VICTIM)
+                            killed = trio.current_time()
+                            say(
+                                f"   {killed - started:4.1f} s  {kill_after} of {JOBS} done: "
+                                f"{VICTIM} killed with SIGKILL",
+                                style="bold red",
+                            )
+                            watcher.start_soon(watch_victim)
+            elapsed = trio.current_time() - started
+            show.stage = f"every job ended; waiting for {VICTIM} to be declared dead"
+        show.stage = "waiting for the failure supervisor's NodeDown report"
+        await node_down.wait()
+        statistics = queue.statistics()
+
+    say("\n8. Summary")
+    _print_summary(show.console, results, elapsed, statistics)
+    for report in reports:
+        say(f"   failure supervisor: {_describe_report(report)}")
+    completed = [r for r in results if r.ok]
+    if len(completed) < JOBS:
+        errors = collections.Counter(type(r.error).__name__ for r in results if not r.ok)
+        shown = ", ".join(f"{n} {error}" for error, n in sorted(errors.items()))
+        raise DemoFailed(f"only {len(completed)} of {JOBS} jobs completed ({shown})")
+    retried = sum(1 for r in completed if r.attempt > 1)
+    say(
+        f"\nDone: all {JOBS} jobs completed in {elapsed:.1f} s although {VICTIM} was killed "
+        f"with SIGKILL; {retried} of them were retried on the other nodes.",
+        style="bold green",
+    )
+
+
+def _member(membership: ta.Membership, name: str) -> ta.Member | None:
+    for member in membership.members():
+        if member.node == name:
+            return member
+    return None
+
+
+def _progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("  "),
+        BarColumn(bar_width=40),
+        MofNCompleteColumn(),
+        TextColumn("jobs"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _print_summary(
+    console: Console,
+    results: list[ta.JobResult[float]],
+    elapsed: float,
+    statistics: ta.JobQueueStatistics,
+) -> None:
+    done = collections.Counter(_node_of(r.worker) for r in results if r.ok)
+    retried = collections.Counter(_node_of(r.worker) for r in results if r.ok and r.attempt > 1)
+    failed = sum(1 for r in results if not r.ok)
+    by_node = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    by_node.add_column("worker node")
+    by_node.add_column("jobs done", justify="right")
+    by_node.add_column("after a retry", justify="right")
+    for name in ("node-1", "node-2", "node-3"):
+        note = " (killed)" if name == VICTIM else ""
+        by_node.add_row(f"{name}{note}", str(done[name]), str(retried[name]))
+    by_node.add_section()
+    by_node.add_row("all", str(sum(done.values())), str(sum(retried.values())))
+    by_node.add_row("failed", str(failed), "")
+    by_node.add_row("time", f"{elapsed:.1f} s", "")
+
+    queue = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    queue.add_column("queue statistics")
+    queue.add_column("", justify="right")
+    for key, value in (
+        ("submitted", statistics.submitted),
+        ("succeeded", statistics.succeeded),
+        ("failed", statistics.failed),
+        ("retried", statistics.retried),
+        ("lost (WorkerLost)", statistics.lost),
+        ("exhausted", statistics.exhausted),
+        ("late results", statistics.late_results),
+    ):
+        queue.add_row(key, str(value))
+    side_by_side = Table.grid(padding=(0, 6))
+    side_by_side.add_row(by_node, queue)
+    console.print(Padding(side_by_side, (1, 0, 1, 3), expand=False))
+
+
+def _node_of(worker: str | None) -> str:
+    return "(none)" if worker is None else worker.rpartition("@")[2]
+
+
+def _describe_report(report: ta.FailureReport) -> str:
+    if isinstance(report, ta.NodeDown):
+        return f"NodeDown: {report.node} ({report.address}) is {report.state}"
+    if isinstance(report, ta.JobGaveUp):
+        return f"JobGaveUp: job {report.job_id} after {report.attempts} attempts: {report.error}"
+    if isinstance(report, ta.CircuitOpened):
+        return f"CircuitOpened: no jobs to {report.node} for {report.reset_timeout:g} s"
+    return repr(report)  # (not expected here)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _NodeProcesses:
+    """``trioactors node`` processes; each one's standard error goes to a temporary
+    file, shown if it exits before it is ready."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.processes: dict[str, trio.Process] = {}
+        self.errors: dict[str, IO[bytes]] = {}
+        self._files = contextlib.ExitStack()
+
+    async def spawn(self, name: str, *extra: str) -> None:
+        """Start node ``name`` on 127.0.0.1, any free port, with a worker pool of 2."""
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
+        self.errors[name] = self._files.enter_context(errors)
+        command = ["node", name, "--host", "127.0.0.1", "--port", "0", "--workers", "2"]
+        self.processes[name] = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trioactors", *command, *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
+            stderr=errors,
+            env=self.env,
         )
-        processes.append(process)
+
+    async def ready(self, name: str) -> str:
+        """Wait until node ``name`` serves; return its address."""
+        process = self.processes[name]
         assert process.stdout is not None
         line = b""
         while not line.endswith(b"\n"):
-            chunk = await process.stdout.receive_some(1)
+            chunk = await process.stdout.receive_some()
             if not chunk:
-                raise RuntimeError(f"{name} exited before it was ready")
+                await process.wait()
+                raise DemoFailed(
+                    f"{name} exited with status {process.returncode} before it was ready:\n"
+                    f"{self.stderr_of(name)}"
+                )
             line += chunk
-        address: str = json.loads(line)["address"]
+        try:
+            address = json.loads(line)["address"]
+        except (ValueError, KeyError, TypeError):
+            raise DemoFailed(f"{name} printed {line!r:.200} instead of its address") from None
+        if not isinstance(address, str):
+            raise DemoFailed(f"{name} printed {line!r:.200} instead of its address")
         return address
 
-    say("\n6. A cluster: three `trioactors node` processes on 127.0.0.1, and this one,")
-    say("   joined by gossip (SWIM failure detection, authenticated websockets).")
-    try:
-        with trio.fail_after(60):
-            first = await start("node-1")
-            for name in ("node-2", "node-3"):
-                await start(name, "--join", f"node-1={first}")
-            transport = WebSocketTransport(TransportConfig(secret=secret.encode()))
-            async with ta.open_node("demo", transport=transport, registry=registry) as node:
-                membership = await ta.start_membership(node, seeds={"node-1": first})
-                while len(membership.alive()) < 4:
-                    await membership.wait_changed()
-                while len(membership.lookup("account")) < 3:
-                    await membership.wait_changed()
-                say(f"   members: {', '.join(membership.alive())}")
+    def stderr_of(self, name: str) -> str:
+        errors = self.errors[name]
+        errors.seek(0)
+        return errors.read()[-2000:].decode(errors="replace").rstrip()
 
-                accounts = membership.lookup("account")
-                for i in range(30):
-                    await accounts[i % len(accounts)].tell(Add(i + 1))
-                totals = [await a.ask(Total()) for a in accounts]
-                say(f"   30 deposits spread over {len(accounts)} accounts: totals {totals}")
+    def kill(self, name: str) -> None:
+        """SIGKILL (on Windows, TerminateProcess): no goodbye to the cluster."""
+        self.processes[name].kill()
 
-                say("\n7. Fault: node-3 is killed with SIGKILL in the middle of the work.")
-                processes[2].send_signal(signal.SIGKILL)
-                start_time = trio.current_time()
-                node3 = "node-3"
-                while (
-                    m := membership.view.get(node3)
-                ) is None or m.state is not ta.MemberState.DEAD:
-                    await membership.wait_changed()
-                say(
-                    f"   node-3 declared dead by the cluster after "
-                    f"{trio.current_time() - start_time:.1f} s and removed from routing"
-                )
-                accounts = membership.lookup("account")
-                for i in range(10):
-                    await accounts[i % len(accounts)].tell(Add(100))
-                totals = [await a.ask(Total()) for a in accounts]
-                say(
-                    f"   the work goes on with {', '.join(a.address for a in accounts)}: "
-                    f"totals {totals}"
-                )
-        say("\nDone: the cluster lost a node and carried on.")
-    finally:
-        for process in processes:
-            if process.returncode is None:
-                assert process.stdin is not None
-                await process.stdin.aclose()
-        with trio.move_on_after(10):
-            for process in processes:
-                await process.wait()
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-    return lines
+    async def stop(self) -> None:
+        """Close each node's standard input (it stops); kill those still running after
+        ``STOP_TIME`` seconds."""
+        with trio.CancelScope(shield=True):  # (even when the demo is cancelled)
+            for process in self.processes.values():
+                if process.stdin is not None:
+                    await process.stdin.aclose()
+            with trio.move_on_after(STOP_TIME):
+                for process in self.processes.values():
+                    await process.wait()
+            for process in self.processes.values():
+                if process.returncode is None:
+                    process.kill()
+            with trio.move_on_after(STOP_TIME):
+                for process in self.processes.values():
+                    await process.wait()
+            for process in self.processes.values():
+                if process.stdout is not None:
+                    await process.stdout.aclose()
+        self._files.close()

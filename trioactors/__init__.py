@@ -128,6 +128,7 @@ from ._services._failures import JobGaveUp as JobGaveUp
 from ._services._failures import ListDeadLetters as ListDeadLetters
 from ._services._failures import NodeDown as NodeDown
 from ._services._failures import RestartStorm as RestartStorm
+from ._services._failures import describe_failure as describe_failure
 from ._services._failures import log_failures as log_failures
 from ._services._failures import register_failure_messages as register_failure_messages
 from ._services._failures import start_failure_supervisor as start_failure_supervisor

@@ -300,7 +300,7 @@ class JobExhausted(JobError):
 
     ``attempts`` is how many were made; ``last_error`` is how the last one
     failed (also the ``__cause__``). The failure supervisor, if the queue has
-    one, was told (``JobExhausted`` report) and keeps it in its dead-letter log.
+    one, was told (a ``JobGaveUp`` report) and keeps it in its dead-letter log.
 
     .. versionadded:: 0.1
     """

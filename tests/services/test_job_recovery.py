@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 from functools import partial
 from typing import TYPE_CHECKING
@@ -128,4 +129,41 @@ async def test_a_job_on_its_last_attempt_at_the_crash_is_reported_lost(
         assert isinstance(result.error, ta.WorkerLost)
         assert "the coordinator stopped while attempt 1" in str(result.error)
         nursery.cancel_scope.cancel()
+        store.close()
+
+
+async def test_a_recovered_job_past_its_deadline_ends_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Written down, never sent, and its deadline passed while the coordinator was down."""
+    path = tmp_path / "jobs.sqlite"
+    store = ta.SqliteJobStore(path)
+    late = ta.StoredJob(
+        "late-1", "sleep", 1.0, (), None, 0, time.time() - 1, "$jobs:queue@c", time.time() - 60
+    )
+    store.save([late])
+    async with open_jobs() as jobs, trio.open_nursery() as nursery:
+        queue: ta.JobQueue = await nursery.start(run_coordinator, jobs, store)
+        [result] = await queue.wait_recovered()
+        assert isinstance(result.error, ta.JobTimeout)
+        assert store.pending() == []
+        outcome = store.outcome("late-1")
+        assert outcome is not None
+        assert outcome.error == "JobTimeout"
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_submitter_cancelled_as_the_node_stops_leaves_its_job_for_a_restart(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    async with open_jobs() as jobs:
+        store = ta.SqliteJobStore(path)
+        async with trio.open_nursery() as nursery:
+            queue: ta.JobQueue = await nursery.start(run_coordinator, jobs, store)
+            nursery.start_soon(queue.submit, SLEEP.job(30.0))
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()  # Ctrl-C: the node and its submitter stop together
+        assert [job.attempt for job in store.pending()] == [1]
         store.close()

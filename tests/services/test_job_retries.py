@@ -208,3 +208,56 @@ async def test_nothing_is_sent_to_a_node_after_it_is_declared_dead(
         assert {r.value for r in results} == {"n1", "n2"}
         assert "n3" not in membership.alive()
         assert jobs.queue.statistics().retried == 0  # none went to n3 and was lost
+
+
+async def test_jobs_on_a_pool_that_stopped_are_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The pool's actor stops on a live node: discovery finds it gone, its jobs move."""
+    async with open_jobs(strategy="round-robin") as jobs:
+        results: list[ta.JobResult[object]] = []
+
+        async def run() -> None:
+            results.extend(await gather(jobs.queue, [SLEEP.job(5.0) for _ in range(3)]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await trio.sleep(1)
+            await jobs.node("n2").root.stop_child("jobs:worker")
+        assert all(r.ok for r in results)
+        assert [r.attempt for r in results].count(2) == 1
+        assert jobs.queue.workers() == ["jobs:worker@n1", "jobs:worker@n3"]
+        assert max(r.elapsed for r in results) < 1 + 1 + 1 + 5 + 0.1  # a refresh, a backoff
+
+
+async def test_a_circuit_lets_its_trial_through_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    retry = ta.RetryPolicy(max_attempts=5, attempt_timeout=1.0, base=0.1)
+    breaker = ta.BreakerConfig(failure_threshold=1, reset_timeout=10.0)
+    async with open_jobs(workers=1, concurrency=2, prefetch=1) as jobs:
+        queue = await ta.start_job_queue(
+            jobs.node("n0"),
+            membership=jobs.cluster.members["n0"],
+            retry=retry,
+            breaker=breaker,
+            refresh_interval=60.0,  # (no discovery round wakes it)
+            name="$jobs:guarded",
+        )
+        slow = {"yes"}
+
+        async def answer(_: int) -> str:
+            if slow:
+                slow.clear()
+                await trio.sleep(1000)  # the first attempt never answers
+            return "ok"
+
+        jobs.pools["n1"].register("answer", answer)
+        await queue.refresh()
+        start = trio.current_time()
+        result = await queue.submit_result(ta.Job("answer", 0))
+        assert result.ok
+        assert result.attempt == 2
+        # the first attempt timed out at 1 s and opened the circuit; the retry
+        # went out as the trial when it half-opened, 10 s later
+        assert 11 <= trio.current_time() - start <= 11.1

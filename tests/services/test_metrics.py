@@ -270,6 +270,7 @@ class FakeQueueStatistics:
     rejected_busy: int = 5
     retried: int = 7
     exhausted: int = 2
+    store_errors: int = 0
     waiting: int = 1
     in_flight: int = 3
     workers: int = 3

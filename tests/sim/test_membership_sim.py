@@ -73,11 +73,28 @@ async def test_a_healed_partition_rejoins(autojump_clock: trio.testing.MockClock
             )
             for name in majority:
                 assert not set(minority) & set(cluster.members[name].node.transport.peers())
-            cluster.network.heal()
-            # within a reconnect interval (plus gossip), everyone is back
-            start = trio.current_time()
-            await cluster.wait_until(lambda m: len(m.alive()) == size)
-            assert trio.current_time() - start <= config.reconnect_interval + 10
+            false_deaths: list[tuple[str, str]] = []
+
+            async def watch(name: str) -> None:
+                # (the other side's old verdicts must not kill anyone on this side)
+                membership = cluster.members[name]
+                while True:
+                    for other in majority:
+                        member = membership.view.get(other)
+                        if member is not None and member.state is MemberState.DEAD:
+                            false_deaths.append((name, other))
+                    await membership.wait_changed()
+
+            async with trio.open_nursery() as watchers:
+                for name in majority:
+                    watchers.start_soon(watch, name)
+                cluster.network.heal()
+                # within a reconnect interval (plus gossip), everyone is back
+                start = trio.current_time()
+                await cluster.wait_until(lambda m: len(m.alive()) == size)
+                assert trio.current_time() - start <= config.reconnect_interval + 10
+                watchers.cancel_scope.cancel()
+            assert false_deaths == []
 
 
 async def test_no_false_deaths_under_message_loss(autojump_clock: trio.testing.MockClock) -> None:

@@ -176,7 +176,8 @@ class JobResult(Generic[R]):
     worker: str | None = None
     """The address of the worker pool that ran it (``None`` if it never reached one)."""
     attempt: int = 1
-    """The attempt that produced this result."""
+    """The attempt that produced this result (for a failure, the last one
+    started). With an attempt timeout, an earlier attempt may answer first."""
     elapsed: float = 0.0
     """Seconds from submission to the result."""
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, cast, final
 import trio
 
 from .._core._jobs import WorkerTable
-from .._errors import AskTimeout, TrioactorsError
+from .._errors import ActorNotFound, AskTimeout, TrioactorsError
 from ._workers import DescribeWorker, WorkerInfo
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ class Discovery:
         self.refresh_interval = refresh_interval
         self.owner = owner  # (for log lines)
         self.table = WorkerTable()
+        self.pool_gone: Callable[[str], None] | None = None
+        """Called with a pool's address when it answers that it does not exist."""
         self.rounds_started = 0
         self.rounds_done = 0
         self.ready = trio.Event()  # set after the first round
@@ -140,6 +142,8 @@ class Discovery:
             except (TrioactorsError, ValueError) as exc:
                 if table.remove(address):
                     changed = removed = True
+                if isinstance(exc, ActorNotFound) and self.pool_gone is not None:
+                    self.pool_gone(address)
                 logger.debug("%s: no worker pool at %s: %s", self.owner, address, exc)
                 return
             if not isinstance(cast("object", info), WorkerInfo):

@@ -129,11 +129,14 @@ HANDLER_QUEUE_SIZE = 1000
 @final
 @attrs.frozen
 class JobGaveUp:
-    """A job failed on every attempt its retry policy allows.
+    """A job ended with an error: its attempts ran out (``JobExhausted``), or
+    it failed in a way no retry could help (``WorkerLost`` under ``NO_RETRY``,
+    ``JobFailed``, ``JobTimeout``, a payload that does not fit, ...).
 
     ``error`` is the class name of the last attempt's error and ``message``
-    its text; ``worker`` the node that ran the last attempt, if any;
-    ``submitter`` the node that submitted the job; ``payload`` the job's
+    the job's error text; ``worker`` the address of the pool that ran the
+    last attempt, if any; ``submitter`` the address of the coordinator that
+    submitted the job; ``payload`` the job's
     payload as plain data (what its class unstructures to: dicts, lists,
     strings, numbers, ...), so that it crosses the wire as it is. ``at`` is
     the wall-clock time (``time.time()``) of the give-up.

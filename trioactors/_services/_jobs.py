@@ -188,6 +188,7 @@ class _Pending:
         "need",
         "policy",
         "retry_at",
+        "saved",
         "sendings",
         "submitted",
     )
@@ -210,6 +211,7 @@ class _Pending:
         self.last_error: JobError | None = None
         self.last_worker: str | None = None  # where the last failed attempt was
         self.retry_at = math.inf  # waiting out a backoff until then
+        self.saved = False  # written to the store (so its end must be written too)
         self.need = 0  # no known worker can take it: fail after discovery round `need`
 
     @property
@@ -221,7 +223,7 @@ class _Pending:
 
 
 # what a timer entry is for
-_DEADLINE, _ATTEMPT, _RETRY = 0, 1, 2
+_DEADLINE, _ATTEMPT, _RETRY, _WAKE = 0, 1, 2, 3
 
 
 @final
@@ -247,6 +249,7 @@ class JobQueue:
         store: JobStore | None,
         rng: random.Random,
         name: str,
+        owns_store: bool = False,
     ) -> None:
         self.node = node
         self.membership = membership
@@ -256,6 +259,7 @@ class JobQueue:
         self.breakers = Breakers(breaker)
         self.failures = failures
         self.store = store
+        self._owns_store = owns_store  # opened from a path: closed when the node stops
         self.address = f"{name}@{node.name}"
         self.discovery = Discovery(
             node,
@@ -266,6 +270,7 @@ class JobQueue:
             owner=self.address,
         )
         self.table = self.discovery.table
+        self.discovery.pool_gone = self._pool_gone
         self._rng = rng
         self._pending: dict[str, _Pending] = {}
         self._waiting: deque[_Pending] = deque()
@@ -276,6 +281,7 @@ class JobQueue:
         # never takes an answer to its predecessor's sending for its own.
         self._tickets = secrets.randbits(48)
         self._to_save: dict[str, StoredJob] = {}  # written before the next sending
+        self._abandoned: list[_Pending] = []
         self._recovered: list[JobResult[object]] = []
         self._recovering = 0
         self._recovered_all = trio.Event()
@@ -443,7 +449,7 @@ class JobQueue:
         if self._timer is not None and when < self._timer.deadline:
             self._timer.deadline = when
         if len(self._timers) > 64 and len(self._timers) > 3 * len(self._pending):
-            self._timers = [t for t in self._timers if t[2] in self._pending]
+            self._timers = [t for t in self._timers if t[2] in self._pending or t[3] == _WAKE]
             heapq.heapify(self._timers)
 
     def _abandon(self, job_id: str) -> None:
@@ -451,7 +457,11 @@ class JobQueue:
         pending = self._pending.pop(job_id, None)
         if pending is not None:
             self._release(pending, failed=False)
-            self._record(pending, None, "Abandoned", "the submitter stopped waiting")
+            # Written down by the dispatch task, not here: if the whole node is
+            # stopping (a submitter cancelled by Ctrl-C, say), that task is gone
+            # too, and the job stays pending in the store for a restart.
+            self._abandoned.append(pending)
+            self._wake_dispatch.set()
 
     def _release(self, pending: _Pending, *, failed: bool) -> None:
         """Forget every sending of the job still out (their results will be late)."""
@@ -490,8 +500,9 @@ class JobQueue:
         was told must not run again after a restart."""
         if self.store is None:
             return
-        if self._to_save.pop(pending.job.id, None) is not None and pending.attempt == 0:
-            return  # never written, never sent: nothing to take back
+        self._to_save.pop(pending.job.id, None)
+        if not pending.saved:
+            return  # never written: nothing to take back
         outcome = StoredOutcome(
             pending.job.id,
             not error,
@@ -517,6 +528,10 @@ class JobQueue:
                 store.save(jobs)
             except StoreError as exc:
                 self._store_failed(exc)
+                return
+            for job in jobs:
+                if (pending := self._pending.get(job.id)) is not None:
+                    pending.saved = True
 
     def _store_failed(self, exc: StoreError) -> None:
         # The jobs go on, unwritten: a restart would not find them. Loud, and
@@ -545,6 +560,7 @@ class JobQueue:
             )
             job = self._enqueue(job, self._recovered_done, attempt=stored.attempt)
             pending = self._pending[job.id]
+            pending.saved = True  # (it is in the store: its end must be written)
             pending.job = attrs.evolve(job, submitter=stored.submitter)
             if stored.attempt >= pending.policy.max_attempts:
                 # Its last attempt was out when the coordinator stopped: it
@@ -570,9 +586,10 @@ class JobQueue:
         error: JobError | None,
         *,
         worker: str | None = None,
+        attempt: int | None = None,
     ) -> None:
-        """End the job: exactly once, with its value or its error (``worker``:
-        the one that ran it, if no sending is out any more)."""
+        """End the job: exactly once, with its value or its error (``worker``
+        and ``attempt``: those of the answer that ended it, if one did)."""
         if self._pending.pop(pending.job.id, None) is None:
             return
         worker = worker or pending.worker or pending.last_worker
@@ -595,7 +612,7 @@ class JobQueue:
                 value,
                 error,
                 worker,
-                pending.attempt,
+                pending.attempt if attempt is None else attempt,
                 trio.current_time() - pending.submitted,
             )
         )
@@ -649,6 +666,7 @@ class JobQueue:
     def _breaker_changes(self, changes: list[BreakerChanged]) -> None:
         for change in changes:
             if change.after is BreakerState.OPEN and change.before is not BreakerState.OPEN:
+                self._at(change.at + self.breakers.config.reset_timeout, "", _WAKE)
                 logger.warning(
                     "%s: circuit to %s opened after %d failures",
                     self.address,
@@ -676,6 +694,10 @@ class JobQueue:
         while True:
             await self._wake_dispatch.wait()
             self._wake_dispatch = trio.Event()
+            if self._abandoned:
+                abandoned, self._abandoned = self._abandoned, []
+                for pending in abandoned:
+                    self._record(pending, None, "Abandoned", "the submitter stopped waiting")
             await self._dispatch()
             self._flush()
 
@@ -720,7 +742,20 @@ class JobQueue:
         # Written down before they are sent (with the attempt they are on), in
         # one transaction per round; then sent.
         self._flush()
-        for pending, worker, ticket, message in placed:
+        # One task per worker, each sending in order: a connection that is
+        # slow to open holds up only the jobs bound for it.
+        by_worker: dict[str, list[tuple[_Pending, str, int, RunJob]]] = {}
+        for placement in placed:
+            by_worker.setdefault(placement[1], []).append(placement)
+        if len(by_worker) == 1:
+            await self._deliver_all(placed)
+        elif by_worker:
+            async with trio.open_nursery() as nursery:
+                for placements in by_worker.values():
+                    nursery.start_soon(self._deliver_all, placements)
+
+    async def _deliver_all(self, placements: list[tuple[_Pending, str, int, RunJob]]) -> None:
+        for pending, worker, ticket, message in placements:
             await self._deliver(pending, worker, ticket, message)
 
     def _candidates(self, pending: _Pending, now: float) -> list[Candidate]:
@@ -912,7 +947,7 @@ class JobQueue:
                 worker=worker,
             )
             return
-        self._finish(pending, value, None, worker=worker)  # the first answer wins
+        self._finish(pending, value, None, worker=worker, attempt=done.attempt)  # first wins
 
     def _on_member(self, change: MemberChanged) -> None:
         if change.after.reachable:
@@ -923,7 +958,6 @@ class JobQueue:
             self.discovery.changed()
         # Every sending out on that node is lost, whether or not its pool is
         # still in the table (a drained pool leaves the table but finishes its jobs).
-        now = trio.current_time()
         state = change.after.state.name.lower()
         for pending in list(self._pending.values()):
             lost = [t for t, w in pending.sendings.items() if _node_of(w) == change.node]
@@ -932,7 +966,6 @@ class JobQueue:
             worker = pending.sendings[lost[-1]]
             for ticket in lost:
                 self.table.finished(pending.sendings.pop(ticket))
-            self._breaker_changes(self.breakers.on_failure(change.node, now))
             if pending.sendings or pending.retry_at != math.inf:
                 continue  # another attempt is out or coming
             error = WorkerLost(
@@ -952,6 +985,9 @@ class JobQueue:
             now = trio.current_time()
             while self._timers and self._timers[0][0] <= now:
                 _, _, job_id, what, ticket = heapq.heappop(self._timers)
+                if what == _WAKE:  # (a circuit lets a trial through now)
+                    self._wake_dispatch.set()
+                    continue
                 pending = self._pending.get(job_id)
                 if pending is None:
                     continue
@@ -989,6 +1025,24 @@ class JobQueue:
             ),
         )
 
+    def _pool_gone(self, worker: str) -> None:
+        """The pool at ``worker`` answered that it does not exist (its actor
+        stopped on a live node): the jobs out on it will never be answered."""
+        now = trio.current_time()
+        for pending in list(self._pending.values()):
+            lost = [t for t, w in pending.sendings.items() if w == worker]
+            if not lost:
+                continue
+            for ticket in lost:
+                self.table.finished(pending.sendings.pop(ticket))
+            self._breaker_changes(self.breakers.on_failure(_node_of(worker), now))
+            if pending.sendings or pending.retry_at != math.inf:
+                continue
+            error = WorkerLost(
+                f"{pending.job.kind!r} job {pending.job.id} was on {worker}, which is gone"
+            )
+            self._attempt_failed(pending, error, "WorkerLost", worker)
+
     def _after_round(self, removed: bool) -> None:
         if removed:
             self._recheck_waiting()
@@ -1018,6 +1072,14 @@ class _QueueActor(Actor[JobDone | MemberChanged]):
         return None
 
 
+async def _close_at_exit(store: JobStore) -> None:
+    """Close a store the queue opened itself when its node stops."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        store.close()
+
+
 def _policy(stored: StoredJob) -> RetryPolicy | None:
     if stored.retry is None:
         return None
@@ -1025,7 +1087,7 @@ def _policy(stored: StoredJob) -> RetryPolicy | None:
         return _converter("json").structure(stored.retry, RetryPolicy)
     except Exception as exc:
         logger.warning(
-            "job %s: its stored retry policy is unusable (%s): 3 attempts", stored.id, exc
+            "job %s: its stored retry policy is unusable (%s): the queue's applies", stored.id, exc
         )
         return None
 
@@ -1112,6 +1174,7 @@ async def start_job_queue(
         breaker=breaker or BreakerConfig(),
         failures=failures,
         store=_open_store(store),
+        owns_store=store is not None and not _is_store(store),
         rng=rng,
         name=name,
     )
@@ -1119,6 +1182,8 @@ async def start_job_queue(
     if membership is not None:
         membership.subscribe(ref)
     await queue.discovery.ready.wait()
+    if queue.store is not None and queue._owns_store and node._nursery is not None:
+        node._nursery.start_soon(_close_at_exit, queue.store)
     if queue.store is not None:
         queue._recover()
         queue._wake_dispatch.set()

@@ -250,8 +250,9 @@ class _MembershipActor(Actor[_Message]):
                 m._absorb(message.claims, message.names, synced_with=message.origin)
                 return m._sync_message()
             case Gossip():
+                stale = m._speaks_from_the_past(message.origin)
                 m._heard_from_the_dead(message.origin)
-                m._absorb(message.claims, message.names)
+                m._absorb(message.claims, message.names, stale=stale)
         return None
 
 
@@ -276,6 +277,7 @@ class Membership:
         self._subscribers: list[ActorRef[MemberChanged]] = []
         self._seeds: dict[str, str] = {}
         self._nudged: dict[str, float] = {}  # dead member -> when we last tried it
+        self._revived: dict[str, float] = {}  # member held dead, then back -> when
         self._reconnects: trio.Nursery | None = None  # (the reconnect loop's)
         # recent changes still to spread: node -> (claim, sends left)
         self._claims_out: dict[str, tuple[_Claim, int]] = {}
@@ -411,6 +413,16 @@ class Membership:
                         functools.partial(self._reconnect, name, candidates[name], sync=alone)
                     )
 
+    def _speaks_from_the_past(self, node: str) -> bool:
+        """Whether ``node`` was cut off from us until a moment ago (we hold it
+        dead, or did within ``REVIVAL_GRACE`` seconds): its verdicts about
+        others are old news."""
+        member = self.view.get(node)
+        if member is not None and not member.reachable:
+            return True
+        revived = self._revived.get(node)
+        return revived is not None and trio.current_time() - revived < REVIVAL_GRACE
+
     def _heard_from_the_dead(self, node: str) -> None:
         """A member we hold dead talks to us: sync with it, so it can refute.
 
@@ -521,7 +533,12 @@ class Membership:
         )
 
     def _absorb(
-        self, claims: list[_Claim], names_list: list[_Names], *, synced_with: str | None = None
+        self,
+        claims: list[_Claim],
+        names_list: list[_Names],
+        *,
+        synced_with: str | None = None,
+        stale: bool = False,
     ) -> None:
         """Merge what a peer sent.
 
@@ -533,6 +550,21 @@ class Membership:
         now = trio.current_time()
         known_before = set(self._names) if synced_with is not None else set()
         members = [_member(c) for c in claims]
+        if synced_with is not None or stale:
+            # A full state carries the peer's old verdicts too, and so does
+            # gossip from a member we held dead: after a partition heals, the
+            # side that was cut off holds the whole other side dead. Such a
+            # verdict about a third node is taken as a suspicion (as
+            # memberlist's push-pull merge does): a member that is alive
+            # refutes it, one that is dead is declared so by our own
+            # suspicion timeout. (Other gossip is fresh news, taken as is.)
+            sender = synced_with
+            members = [
+                attrs.evolve(m, state=MemberState.SUSPECT)
+                if m.state is MemberState.DEAD and m.node not in (self.node.name, sender)
+                else m
+                for m in members
+            ]
         if synced_with is None:
             self._apply(self.view.merge(members, now=now))
         else:
@@ -569,6 +601,8 @@ class Membership:
                     self.detector.note_refuted()  # (Lifeguard: we may be the slow one)
                 continue
             if after.reachable:
+                if change.before is not None and not change.before.reachable:
+                    self._revived[after.node] = now
                 if transport.address_of(after.node) != after.address:
                     transport.add_peer(after.node, after.address)
                 if change.before is None or not change.before.reachable:
@@ -598,6 +632,11 @@ class Membership:
         self._changed.set()
         self._changed = trio.Event()
 
+
+REVIVAL_GRACE = 5.0
+"""Seconds after a member we held dead is back during which its gossip's
+verdicts of death about others count only as suspicions (they are from
+before the partition healed; the accused refute them if alive)."""
 
 GOSSIP_ITEMS = 32
 """Most claims (and name lists) one gossip message carries; the freshest go first."""

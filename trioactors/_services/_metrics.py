@@ -73,7 +73,7 @@ All names start with ``trioactors_``; counters end in ``_total``.
 - Membership: ``members{state}``.
 - Job queues: ``queue_<counter>_total{queue}`` for ``submitted``,
   ``succeeded``, ``failed``, ``timed_out``, ``lost``, ``late_results``,
-  ``rejected_busy``, ``retried``, ``exhausted``; gauges ``queue_waiting``,
+  ``rejected_busy``, ``retried``, ``exhausted``, ``store_errors``; gauges ``queue_waiting``,
   ``queue_in_flight``, ``queue_workers``; ``circuit_state{queue,node}``
   (0 closed, 1 half-open, 2 open).
 - Worker pools: ``pool_<counter>_total{pool}`` for every counter of
@@ -169,6 +169,8 @@ class _QueueStatistics(Protocol):
     def retried(self) -> int: ...
     @property
     def exhausted(self) -> int: ...
+    @property
+    def store_errors(self) -> int: ...
     @property
     def waiting(self) -> int: ...
     @property
@@ -348,6 +350,7 @@ _QUEUE_COUNTERS: Final = {
     "rejected_busy": "Times a pool refused a job as busy.",
     "retried": "Job attempts scheduled again after a failed one.",
     "exhausted": "Jobs that failed on their last attempt.",
+    "store_errors": "Writes to the job store that failed (the jobs went on unwritten).",
 }
 _QUEUE_GAUGES: Final = {
     "waiting": "Jobs not yet placed on a worker.",

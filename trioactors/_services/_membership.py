@@ -413,6 +413,11 @@ class Membership:
                         functools.partial(self._reconnect, name, candidates[name], sync=alone)
                     )
 
+    def _holds_alive(self, node: str) -> bool:
+        """Whether we hold ``node`` reachable (alive, joining, or only suspected)."""
+        member = self.view.get(node)
+        return member is not None and member.reachable
+
     def _speaks_from_the_past(self, node: str) -> bool:
         """Whether ``node`` was cut off from us until a moment ago (we hold it
         dead, or did within ``REVIVAL_GRACE`` seconds): its verdicts about
@@ -554,14 +559,18 @@ class Membership:
             # A full state carries the peer's old verdicts too, and so does
             # gossip from a member we held dead: after a partition heals, the
             # side that was cut off holds the whole other side dead. Such a
-            # verdict about a third node is taken as a suspicion (as
-            # memberlist's push-pull merge does): a member that is alive
-            # refutes it, one that is dead is declared so by our own
-            # suspicion timeout. (Other gossip is fresh news, taken as is.)
+            # verdict about a third node is taken as a suspicion (memberlist's
+            # push-pull merge does the same): a member that is alive refutes
+            # it, one that is dead is declared so by our own suspicion
+            # timeout. (Other gossip is fresh news, taken as is.)
+            # Only where it contradicts what we hold (the accused alive to us):
+            # a newcomer, who knows nothing of the accused, takes it as is.
             sender = synced_with
             members = [
                 attrs.evolve(m, state=MemberState.SUSPECT)
-                if m.state is MemberState.DEAD and m.node not in (self.node.name, sender)
+                if m.state is MemberState.DEAD
+                and m.node not in (self.node.name, sender)
+                and self._holds_alive(m.node)
                 else m
                 for m in members
             ]

@@ -8,10 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import jobs, local, membership, remote
+from . import files, jobs, local, membership, remote
 from ._common import emit
 
-WORKLOADS = {**local.WORKLOADS, **remote.WORKLOADS, **jobs.WORKLOADS, **membership.WORKLOADS}
+WORKLOADS = {
+    **local.WORKLOADS,
+    **remote.WORKLOADS,
+    **files.WORKLOADS,
+    **jobs.WORKLOADS,
+    **membership.WORKLOADS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,10 @@ from ._core._balance import strategy_by_name as strategy_by_name
 from ._core._breaker import BreakerChanged as BreakerChanged
 from ._core._breaker import BreakerConfig as BreakerConfig
 from ._core._breaker import BreakerState as BreakerState
+from ._core._chunks import ChunkCorrupted as ChunkCorrupted
+from ._core._chunks import FileTransferError as FileTransferError
+from ._core._chunks import HashMismatch as HashMismatch
+from ._core._chunks import UnsafeFileName as UnsafeFileName
 from ._core._config import ConfigEntry as ConfigEntry
 from ._core._config import ConfigError as ConfigError
 from ._core._healing import HealingChanged as HealingChanged
@@ -140,6 +144,13 @@ from ._services._failures import describe_failure as describe_failure
 from ._services._failures import log_failures as log_failures
 from ._services._failures import register_failure_messages as register_failure_messages
 from ._services._failures import start_failure_supervisor as start_failure_supervisor
+from ._services._files import FileService as FileService
+from ._services._files import FileStatistics as FileStatistics
+from ._services._files import FileVersion as FileVersion
+from ._services._files import PushReport as PushReport
+from ._services._files import PushResult as PushResult
+from ._services._files import register_file_messages as register_file_messages
+from ._services._files import start_files as start_files
 from ._services._health import HealthMonitor as HealthMonitor
 from ._services._health import HealthStatistics as HealthStatistics
 from ._services._health import Probe as Probe

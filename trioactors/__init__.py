@@ -124,6 +124,7 @@ from ._services._config import ConfigChanged as ConfigChanged
 from ._services._config import ConfigService as ConfigService
 from ._services._config import ConfigStatistics as ConfigStatistics
 from ._services._config import ConfigSubscriber as ConfigSubscriber
+from ._services._config import GetConfig as GetConfig
 from ._services._config import register_config_messages as register_config_messages
 from ._services._config import start_config as start_config
 from ._services._failures import AlertHook as AlertHook

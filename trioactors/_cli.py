@@ -160,6 +160,11 @@ def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     help="Jobs the node's worker pool runs at once (the example jobs); 0: no pool.",
 )
 @click.option(
+    "--files-dir",
+    type=click.Path(file_okay=False),
+    help="Receive files pushed to the node into this directory (made if missing).",
+)
+@click.option(
     "--tag",
     "tags",
     multiple=True,

@@ -21,12 +21,15 @@ and restart storms are logged and kept), and (unless ``--workers 0``) a worker p
 (echo, sleep, digest, the word count's map and reduce) on ``--workers``
 concurrent tasks, offering the ``--tag`` capabilities. With ``--metrics-port`` it serves
 Prometheus metrics (``GET /metrics``) and its health (``GET /healthz``) over HTTP on
-``--host`` at that port (see :func:`trioactors.start_metrics`). Once serving, the command
+``--host`` at that port (see :func:`trioactors.start_metrics`). It keeps a
+replica of the cluster's configuration (``$config``) and, with ``--files-dir``,
+receives pushed files there (``$files``). Once serving, the command
 prints one JSON line ``{"name": ..., "address": ...}`` and runs until its standard input
 closes (unless ``--ignore-stdin``: the parent process is done with it), until
 SIGTERM or SIGINT, or until an operator shuts it down. The last two leave the
 cluster gracefully first (the members mark the node ``left`` at once). With
-``--events`` it prints one JSON line per membership change::
+``--events`` it prints one JSON line per membership change (and one per
+configuration change, ``{"event": "config", "key": ..., "value": ...}``)::
 
     {"event": "member", "node": "node-3", "state": "dead", "incarnation": 0,
      "address": "ws://127.0.0.1:40113", "time": 12.5}
@@ -149,13 +152,17 @@ class SlowActor(ta.Actor[Sleep]):
         return "slept"
 
 
-class EventPrinter(ta.Actor[ta.MemberChanged]):
-    """Prints each membership change as a JSON line (``--events``)."""
+class EventPrinter(ta.Actor[ta.MemberChanged | ta.ConfigChanged]):
+    """Prints each membership and configuration change as a JSON line (``--events``)."""
 
     def __init__(self, started: float) -> None:
         self.started = started
 
-    async def receive(self, message: ta.MemberChanged) -> None:
+    async def receive(self, message: ta.MemberChanged | ta.ConfigChanged) -> None:
+        if isinstance(message, ta.ConfigChanged):
+            change = {"event": "config", "key": message.key, "value": message.new}
+            print(json.dumps(change), flush=True)
+            return
         member = message.after
         line = {
             "event": "member",
@@ -201,6 +208,7 @@ class NodeSettings:
     workers: int = 2
     tags: tuple[str, ...] = ()
     metrics_port: int | None = None
+    files_dir: str | None = None
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -248,6 +256,7 @@ _KEYS: Final[dict[str, tuple[type, str]]] = {
     "workers": (int, "an integer"),
     "tags": (list, "a list of strings"),
     "metrics_port": (int, "an integer"),
+    "files_dir": (str, "a string"),
 }
 
 
@@ -268,6 +277,7 @@ def load_settings(path: str) -> dict[str, object]:
         workers = 2                 # jobs run at once (0: no worker pool)
         tags = ["gpu"]              # capabilities offered to jobs
         metrics_port = 9100         # serve /metrics and /healthz (default: off)
+        files_dir = "files"         # receive pushed files here (default: off)
         [join]
         node-0 = "ws://10.0.0.2:7000"
         [peer]
@@ -306,7 +316,7 @@ def load_settings(path: str) -> dict[str, object]:
                         f"not {_toml_type(address)} {address!r:.40}"
                     )
             value = dict(value)
-        if key.endswith("secret_file"):
+        if key.endswith("secret_file") or key == "files_dir":
             assert isinstance(value, str)
             value = str(Path(path).parent / Path(value).expanduser())
         settings[key] = value
@@ -350,6 +360,7 @@ def merge_settings(
         workers=cast("int", pick("workers")),
         tags=tuple(cast("Collection[str]", pick("tags"))),
         metrics_port=cast("int | None", pick("metrics_port")),
+        files_dir=cast("str | None", pick("files_dir")),
     )
 
 
@@ -423,6 +434,9 @@ async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: byte
         # use this node's supervisor) are logged, and kept for `trioactors ask
         # '$failures@NODE' '$failures.ListDeadLetters' '{}'`.
         await ta.start_failure_supervisor(node, membership=membership)
+        replica = await ta.start_config(node, membership)  # the cluster's configuration ($config)
+        if settings.files_dir is not None:  # files pushed to this node ($files)
+            await ta.start_files(node, settings.files_dir, membership=membership)
         pools = []
         if settings.workers:
             pool = await ta.start_worker_pool(
@@ -443,6 +457,7 @@ async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: byte
                 EventPrinter, trio.current_time(), name="$events", mailbox_size=10_000
             )
             membership.subscribe(printer)
+            replica.subscribe(printer)
         print(json.dumps({"name": node.name, "address": node.address}), flush=True)
         if printer is not None:  # what we knew before subscribing, then every change
             for member in membership.members():

@@ -32,6 +32,7 @@ class NodeProcess:
     address: str = ""
     events: list[dict[str, Any]] = attrs.field(factory=list)
     states: dict[str, str] = attrs.field(factory=dict)  # node -> its latest state here
+    config: dict[str, Any] = attrs.field(factory=dict)  # its configuration, as printed
     _changed: trio.Event = attrs.field(factory=trio.Event)
 
     def state_of(self, node: str) -> str | None:
@@ -71,7 +72,11 @@ class NodeProcess:
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 data = json.loads(line)
-                if "event" in data:
+                if data.get("event") == "config":
+                    self.config[data["key"]] = data["value"]
+                    self._changed.set()
+                    self._changed = trio.Event()
+                elif "event" in data:
                     self._record(data)
                 else:
                     assert data["name"] == self.name

@@ -478,6 +478,15 @@ async def test_a_peer_without_the_schema_cannot_spread_bad_values(
             await loose.wait_for("port", lambda p: p == 80)
 
 
+async def test_get_config_is_a_read_only_query(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_configs(2) as configs:
+        await configs.services["n0"].set("k", [1, 2])
+        n1 = configs.cluster.nodes["n1"]
+        await configs.services["n1"].wait_for("k")
+        assert await n1.ref("$config@n0").ask(ta.GetConfig()) == {"k": [1, 2]}
+        assert ta.is_read_only(ta.GetConfig)
+
+
 async def test_a_push_is_tagged_under_config(autojump_clock: trio.testing.MockClock) -> None:
     async with open_configs(2) as configs:
         registry = configs.cluster.nodes["n0"].codec.registry
@@ -488,6 +497,7 @@ async def test_a_push_is_tagged_under_config(autojump_clock: trio.testing.MockCl
             "$config.Exchange",
             "$config.Entries",
             "$config.Push",
+            "$config.GetConfig",
         }
 
 

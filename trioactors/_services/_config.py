@@ -84,7 +84,7 @@ from .._core._config import (
 )
 from .._core._membership import MemberChanged
 from .._errors import LocalProtocolError, TrioactorsError
-from .._runtime._actor import DEFAULT_ASK_TIMEOUT, Actor, ActorRef
+from .._runtime._actor import DEFAULT_ASK_TIMEOUT, Actor, ActorRef, Request, read_only
 from .._wire._codec import _converter
 
 if TYPE_CHECKING:
@@ -236,7 +236,18 @@ class Push:
     entries: list[ConfigEntry]
 
 
-_CLASSES: tuple[type, ...] = (Sync, SyncReply, Exchange, Entries, Push)
+@final
+@read_only
+@attrs.frozen
+class GetConfig(Request[dict[str, object]]):
+    """Ask a node's ``$config`` for its current configuration (a read-only query:
+    operators' tools may send it); the answer is a dict of keys to plain values.
+
+    .. versionadded:: 0.1
+    """
+
+
+_CLASSES: tuple[type, ...] = (Sync, SyncReply, Exchange, Entries, Push, GetConfig)
 
 
 def _entry_to_wire(entry: ConfigEntry) -> list[object]:
@@ -297,7 +308,7 @@ def register_config_messages(registry: MessageRegistry) -> None:
 # -- the actor ------------------------------------------------------------------------------
 
 
-_Message: TypeAlias = Sync | Exchange | Push | MemberChanged
+_Message: TypeAlias = Sync | Exchange | Push | GetConfig | MemberChanged
 
 _HANDLED = frozenset(_Message.__args__)
 
@@ -322,6 +333,8 @@ class _ConfigActor(Actor[_Message]):
                 return Entries(s._entries_for(wanted))
             case Push(origin, entries):
                 s._absorb(entries, origin, spread=True)
+            case GetConfig():
+                return _converter(s.node.codec.format).unstructure(s.snapshot())
             case MemberChanged():
                 s._member_changed(message)
         return None

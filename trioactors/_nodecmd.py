@@ -4,7 +4,9 @@ The actors and their messages are examples with a use: the integration tests,
 the benchmarks and the demo talk to them across processes.
 
 - ``echo`` returns what it gets (an :class:`Echo`).
-- ``account`` keeps a running total (:class:`Add`, :class:`Total`).
+- ``account`` keeps a running total (:class:`Add`, :class:`Total`); it is
+  started through the node's reloader (``$reloader``), so an operator can
+  give it new code (``$reloader.Reload``) and its total is carried over.
 - ``relay`` asks another address for its :class:`Total` (:class:`Relay`).
 - ``slow`` sleeps, then answers (:class:`Sleep`).
 
@@ -112,8 +114,8 @@ for cls in (Add, Total, Echo, Relay, Sleep):
     registry.register(cls)
 
 
-class Account(ta.Actor[Add | Total]):
-    """Keeps a running total."""
+class Account(ta.Reloadable[Add | Total]):
+    """Keeps a running total; reloadable (``$reloader``): the total survives new code."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -418,7 +420,8 @@ async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: byte
         registry=registry,
         wire_format=settings.wire_format,
     ) as node:
-        await node.root.start_actor(Account, name="account")
+        reloader = await ta.start_reloader(node)  # new code for `account` ($reloader.Reload)
+        await reloader.start_reloadable(node.root, Account, name="account")
         await node.root.start_actor(EchoActor, name="echo")
         await node.root.start_actor(RelayActor, node, name="relay")
         await node.root.start_actor(SlowActor, name="slow")

@@ -7,6 +7,7 @@ import random
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import pytest
 import trio
 from _nodes import SECRET, node_cluster
 
@@ -85,3 +86,63 @@ async def test_configuration_reaches_every_process(tmp_path: Path) -> None:
             await config.delete("feature.flag")
             for process in processes:
                 await process.wait_until(lambda p: p.config.get("feature.flag", 0) is None)
+
+
+NEW_ACCOUNT = """
+import trioactors as ta
+from trioactors._nodecmd import Add, Total
+
+
+class Account(ta.Reloadable[object]):
+    '''Version 2: every deposit earns a bonus of one.'''
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    async def receive(self, message: object) -> object:
+        match message:
+            case Add(amount):
+                self.total += amount + 1
+            case Total():
+                return self.total
+        return None
+"""
+
+
+async def test_new_code_pushed_and_reloaded_on_a_process(tmp_path: Path) -> None:
+    """Code pushed by file distribution, then loaded in place: the total carries over."""
+    from trioactors._nodecmd import Add, Total, registry
+
+    source = tmp_path / "code" / "account_v2.py"
+    source.parent.mkdir()
+    source.write_text(NEW_ACCOUNT)
+    with trio.fail_after(60):
+        async with cluster(tmp_path) as (node, membership, _):
+            for cls in (Add, Total):
+                if node.codec.registry.tag_of(cls) is None:
+                    node.codec.registry.register(cls, registry.tag_of(cls))
+            ta.register_reload_messages(node.codec.registry)
+            files = await ta.start_files(node, tmp_path / "here", membership=membership)
+            assert (await files.push(source, to=["f2"], version="2")).ok
+            account = node.ref("account@f2")
+            await account.tell(Add(10))
+            assert await account.ask(Total()) == 10
+            target = f"{tmp_path / 'f2' / 'account_v2.py'}:Account"
+            record = await node.ref("$reloader@f2").ask(ta.Reload("account", target, "2"))
+            assert isinstance(record, ta.ReloadRecord)
+            assert record.outcome is ta.ReloadOutcome.RELOADED
+            assert await account.ask(Total()) == 10  # the state came along
+            await account.tell(Add(5))
+            assert await account.ask(Total()) == 16  # the new code runs
+            history = await node.ref("$reloader@f2").ask(ta.ListReloads("account"))
+            assert isinstance(history, ta.ReloadHistory)
+            assert [(r.version, r.outcome) for r in history.records] == [
+                ("2", ta.ReloadOutcome.RELOADED)
+            ]
+            # a version that does not import is refused, and version 2 keeps serving
+            broken = tmp_path / "f2" / "broken.py"
+            broken.write_text("import no_such_module_anywhere\n")
+            with pytest.raises(ta.TrioactorsError, match="no_such_module_anywhere"):
+                await node.ref("$reloader@f2").ask(ta.Reload("account", f"{broken}:Account", "3"))
+            await account.tell(Add(1))
+            assert await account.ask(Total()) == 18

@@ -103,26 +103,30 @@ import trio
 
 from .._core._supervision import Restart
 from .._errors import TrioactorsError
-from .._runtime._actor import Actor
+from .._runtime._actor import Actor, Request, read_only
 from .._runtime._instance import DEFAULT_START_TIMEOUT
 from .._runtime._system import ChildStopped, EventsLost, SupervisorEscalated
 from ._failures import HealthGaveUp
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
-    from .._runtime._actor import ActorRef
+    from .._runtime._actor import ActorRef, ReplyTo
     from .._runtime._node import Node
     from .._runtime._supervisor import Supervisor
     from .._runtime._system import Subscription
+    from .._wire._codec import MessageRegistry
     from ._failures import FailureSupervisor
 
 __all__ = [
     "InvalidReloadTarget",
+    "ListReloads",
     "MigrationFailed",
     "NoPreviousVersion",
     "NotReloadable",
+    "Reload",
     "ReloadError",
+    "ReloadHistory",
     "ReloadImportError",
     "ReloadOutcome",
     "ReloadRecord",
@@ -130,6 +134,8 @@ __all__ = [
     "Reloadable",
     "Reloader",
     "ReloaderStatistics",
+    "Rollback",
+    "register_reload_messages",
     "start_reloader",
 ]
 
@@ -1337,11 +1343,93 @@ class Reloader:
 # -- the actor ---------------------------------------------------------------------------
 
 
+@final
+@attrs.frozen
+class Reload(Request[ReloadRecord]):
+    """Ask a node's ``$reloader`` to reload actor ``name`` from ``target``
+    (``"package.module:Name"`` or ``"/path/to/file.py:Name"``) as ``version``.
+    The answer is the ``RELOADED`` record; a rejected reload is an error.
+
+    .. versionadded:: 0.1
+    """
+
+    name: str
+    target: str
+    version: str
+
+
+@final
+@attrs.frozen
+class Rollback(Request[ReloadRecord]):
+    """Ask a node's ``$reloader`` to roll actor ``name`` back.
+
+    .. versionadded:: 0.1
+    """
+
+    name: str
+
+
+@final
+@attrs.frozen
+class ReloadHistory:
+    """The answer to :class:`ListReloads`: records, oldest first.
+
+    .. versionadded:: 0.1
+    """
+
+    records: list[ReloadRecord]
+
+
+@final
+@read_only
+@attrs.frozen
+class ListReloads(Request[ReloadHistory]):
+    """Ask a node's ``$reloader`` for its history (of ``name``, if given): a
+    read-only query.
+
+    .. versionadded:: 0.1
+    """
+
+    name: str | None = None
+
+
+_CLASSES: tuple[type, ...] = (Reload, Rollback, ListReloads, ReloadRecord, ReloadHistory)
+
+
+def register_reload_messages(registry: MessageRegistry) -> None:
+    """Register the ``$reloader.*`` messages (done by :func:`start_reloader`).
+
+    .. versionadded:: 0.1
+    """
+    for cls in _CLASSES:
+        if registry.tag_of(cls) is None:
+            registry.register(cls, f"$reloader.{cls.__name__}")
+
+
 class _ReloaderActor(Actor[object]):
-    """Owns the reloads, rollbacks and probations; it handles no messages."""
+    """Owns the reloads, rollbacks and probations; answers the remote requests."""
 
     def __init__(self, reloader: Reloader) -> None:
         self.reloader = reloader
+
+    async def receive(self, message: object) -> object:
+        reloader = self.reloader
+        match message:
+            case ListReloads(name):
+                return ReloadHistory(reloader.history(name))
+            case Reload(name, target, version):
+                self.context.start_soon(
+                    _answer,
+                    self.context.reply_later(),
+                    reloader.reload(name, target, version=version),
+                )
+            case Rollback(name):
+                self.context.start_soon(
+                    _answer, self.context.reply_later(), reloader.rollback(name)
+                )
+            case _:
+                return await super().receive(message)
+        return None
 
     async def on_start(self) -> None:
         reloader = self.reloader
@@ -1349,6 +1437,17 @@ class _ReloaderActor(Actor[object]):
         for switch in list(reloader._switches.values()):
             if switch.watch is not None:  # (this actor restarted: take the probation up again)
                 self.context.start_soon(reloader._probation, switch, switch.watch)
+
+
+async def _answer(reply: ReplyTo | None, work: Coroutine[object, object, ReloadRecord]) -> None:
+    try:
+        record = await work
+    except TrioactorsError as exc:
+        if reply is not None:
+            reply.fail(exc)  # (the asker gets the reason; the actor carries on)
+        return
+    if reply is not None:
+        reply.succeed(record)
 
 
 async def start_reloader(
@@ -1391,5 +1490,6 @@ async def start_reloader(
         min_messages=min_messages,
         history_size=history_size,
     )
+    register_reload_messages(node.codec.registry)
     await node.root.start_actor(_ReloaderActor, reloader, name=name)
     return reloader

@@ -755,6 +755,7 @@ def test_metrics_port_setting(tmp_path: Path) -> None:
         "workers": 2,
         "tags": (),
         "metrics_port": None,
+        "files_dir": None,
     }
     assert merge_settings(None, defaults, set(), file).metrics_port == 9100
     given = {**defaults, "metrics_port": 9200}

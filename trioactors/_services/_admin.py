@@ -36,7 +36,7 @@ from .._runtime._actor import Actor, Request, read_only
 from .._runtime._supervisor import ChildState
 from .._runtime._system import ChildRestarted, ChildStarted, ChildStopped
 from .._version import __version__
-from .._wire._codec import Envelope, Kind, _converter
+from .._wire._codec import Envelope, Kind, _converter, _register_service_messages
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -350,9 +350,7 @@ def register_admin_messages(registry: MessageRegistry) -> None:
 
     .. versionadded:: 0.1
     """
-    for cls in _CLASSES:
-        if registry.tag_of(cls) is None:
-            registry.register(cls, f"$admin.{cls.__name__}")
+    _register_service_messages(registry, "$admin", _CLASSES)
 
 
 # -- the actor -------------------------------------------------------------------------

@@ -85,7 +85,7 @@ from .._core._config import (
 from .._core._membership import MemberChanged
 from .._errors import LocalProtocolError, TrioactorsError
 from .._runtime._actor import DEFAULT_ASK_TIMEOUT, Actor, ActorRef, Request, read_only
-from .._wire._codec import _converter
+from .._wire._codec import _converter, _register_service_messages
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -300,9 +300,7 @@ def register_config_messages(registry: MessageRegistry) -> None:
 
     .. versionadded:: 0.1
     """
-    for cls in _CLASSES:
-        if registry.tag_of(cls) is None:
-            registry.register(cls, f"$config.{cls.__name__}")
+    _register_service_messages(registry, "$config", _CLASSES)
 
 
 # -- the actor ------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ from .._errors import TrioactorsError
 from .._runtime._actor import Actor, Request, read_only
 from .._runtime._mailbox import Mailbox
 from .._runtime._system import ChildRestarted, ChildStopped, SupervisorEscalated
-from .._wire._codec import _converter
+from .._wire._codec import _converter, _register_service_messages
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -354,9 +354,7 @@ def register_failure_messages(registry: MessageRegistry) -> None:
 
     .. versionadded:: 0.1
     """
-    for cls in _CLASSES:
-        if registry.tag_of(cls) is None:
-            registry.register(cls, f"$failures.{cls.__name__}")
+    _register_service_messages(registry, "$failures", _CLASSES)
 
 
 # -- restart storms (pure) ---------------------------------------------------------------

@@ -106,7 +106,7 @@ from .._core._chunks import (
 from .._errors import TrioactorsError
 from .._runtime._actor import Actor, Request, read_only
 from .._wire._address import check_node_name
-from .._wire._codec import _converter
+from .._wire._codec import _converter, _register_service_messages
 from ..transports._base import TransportConfig
 
 if TYPE_CHECKING:
@@ -375,9 +375,7 @@ def register_file_messages(registry: MessageRegistry) -> None:
 
     .. versionadded:: 0.1
     """
-    for cls in _CLASSES:
-        if registry.tag_of(cls) is None:
-            registry.register(cls, f"$files.{cls.__name__}")
+    _register_service_messages(registry, "$files", _CLASSES)
 
 
 # -- reports ----------------------------------------------------------------------------

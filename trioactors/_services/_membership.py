@@ -41,7 +41,7 @@ from .._core._membership import Member, MemberChanged, MembershipView, MemberSta
 from .._core._swim import SwimConfig, SwimDetector
 from .._errors import TrioactorsError
 from .._runtime._actor import Actor, ActorRef
-from .._wire._codec import _converter
+from .._wire._codec import _converter, _register_service_messages
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -204,9 +204,7 @@ for _format in ("json", "msgpack"):
 
 def _register(node: Node) -> None:
     registry = node.codec.registry
-    for cls in (Ping, PingReq, Ack, Sync, Gossip):
-        if registry.tag_of(cls) is None:
-            registry.register(cls, f"$membership.{cls.__name__}")
+    _register_service_messages(registry, "$membership", (Ping, PingReq, Ack, Sync, Gossip))
 
 
 def _wire(member: Member) -> _Claim:

@@ -106,6 +106,7 @@ from .._errors import TrioactorsError
 from .._runtime._actor import Actor, Request, read_only
 from .._runtime._instance import DEFAULT_START_TIMEOUT
 from .._runtime._system import ChildStopped, EventsLost, SupervisorEscalated
+from .._wire._codec import _register_service_messages
 from ._failures import HealthGaveUp
 
 if TYPE_CHECKING:
@@ -1401,9 +1402,7 @@ def register_reload_messages(registry: MessageRegistry) -> None:
 
     .. versionadded:: 0.1
     """
-    for cls in _CLASSES:
-        if registry.tag_of(cls) is None:
-            registry.register(cls, f"$reloader.{cls.__name__}")
+    _register_service_messages(registry, "$reloader", _CLASSES)
 
 
 class _ReloaderActor(Actor[object]):

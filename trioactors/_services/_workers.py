@@ -42,7 +42,7 @@ from .._errors import (
     UnknownJobKind,
 )
 from .._runtime._actor import Actor, ActorRef, Request, read_only
-from .._wire._codec import _converter
+from .._wire._codec import _converter, _register_service_messages
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -204,9 +204,7 @@ def register_job_messages(registry: MessageRegistry) -> None:
 
     .. versionadded:: 0.1
     """
-    for cls in _CLASSES:
-        if registry.tag_of(cls) is None:
-            registry.register(cls, f"$jobs.{cls.__name__}")
+    _register_service_messages(registry, "$jobs", _CLASSES)
 
 
 _ERRORS: dict[str, type[JobError]] = {

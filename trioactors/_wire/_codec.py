@@ -39,7 +39,7 @@ from cattrs.preconf.msgpack import make_converter as make_msgpack_converter
 from .._errors import InvalidPayload, MalformedFrame, NotSerializable, UnknownMessageType
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "WIRE_VERSION",
@@ -201,6 +201,17 @@ def _configure(converter: cattrs.Converter) -> None:
     converter.register_structure_hook(str, _strict((str,)))
     converter.register_structure_hook(bool, _strict((bool,)))
     converter.register_structure_hook(bytes, _strict((bytes,)))
+
+
+def _register_service_messages(
+    registry: MessageRegistry, prefix: str, classes: Iterable[type]
+) -> None:
+    """Register each of a service's message classes as ``prefix.ClassName``,
+    unless it is registered already (a service started twice, or two nodes
+    sharing a registry)."""
+    for cls in classes:
+        if registry.tag_of(cls) is None:
+            registry.register(cls, f"{prefix}.{cls.__name__}")
 
 
 @functools.cache

@@ -5,6 +5,8 @@ nox -s lint typecheck   ruff check + ruff format --check; mypy --strict
 nox -s faults           the long fault searches: tests/faults/ (CPU contention, SIGSTOP
                         pauses) and every property test with the "deep" hypothesis
                         profile (about 15 minutes on 2 cores)
+nox -s notebooks        execute every notebook in notebooks/ headless; fail on any error
+nox -s docs             build the documentation (Sphinx) with warnings as errors
 nox -s bench            benchmarks, as ratios against raw Trio baselines
 nox -s demo             a supervision tree crashing, restarting, escalating; then a
                         cluster of real nodes running jobs while one is killed
@@ -60,6 +62,22 @@ def faults(session: nox.Session) -> None:
         "faulthandler_timeout=900",
         *selection,
         env={"HYPOTHESIS_PROFILE": "deep"},
+    )
+
+
+@nox.session
+def notebooks(session: nox.Session) -> None:
+    """Execute every notebook headless in a fresh kernel; any error fails the session."""
+    session.install("-e", ".[notebooks]")
+    session.run("python", "notebooks/execute.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the HTML documentation into build/docs; any warning fails the build."""
+    session.install("-e", ".[docs]")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "build/docs", *session.posargs
     )
 
 

@@ -289,7 +289,18 @@ class ActorRef(Generic[M]):
         raise NotImplementedError
 
     def tell_nowait(self, message: M) -> None:
-        """Like :meth:`tell`, but raise ``trio.WouldBlock`` if it would wait."""
+        """Like :meth:`tell`, but raise ``trio.WouldBlock`` if it would wait.
+
+        For a remote actor it never waits and never raises ``trio.WouldBlock``:
+        a frame the connection has no room for waits in the node's queue for
+        that node (unbounded; dropped and counted as ``replies_lost`` if the
+        node cannot be reached). Prefer ``await tell()`` for remote actors.
+
+        Raises:
+          trio.WouldBlock: (local only) the mailbox is full.
+          NodeUnreachable: (remote only) no address or route for the node.
+          NotSerializable: (remote only) the message type is not registered.
+        """
         raise NotImplementedError
 
     @overload

@@ -90,10 +90,12 @@ class ActorContext:
 
     @property
     def name(self) -> str:
+        """The name this actor is registered under."""
         return self._place.name
 
     @property
     def path(self) -> str:
+        """The actor's position in the supervision tree (``/root/workers/w1``)."""
         return self._place.path
 
     @property
@@ -103,6 +105,7 @@ class ActorContext:
 
     @property
     def system(self) -> ActorSystem:
+        """The actor system (for a node: ``node.system``) this actor runs in."""
         return self._place.system
 
     @property

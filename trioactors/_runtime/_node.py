@@ -209,6 +209,7 @@ class Node:
 
     @property
     def name(self) -> str:
+        """The node's name: actors here are addressed ``actor@name``."""
         return self.system.name
 
     def __repr__(self) -> str:
@@ -236,6 +237,7 @@ class Node:
         self.transport.add_peer(node, address)
 
     def statistics(self) -> NodeStatistics:
+        """A snapshot of this node's counters (frames, refusals, late replies, ...)."""
         return NodeStatistics(**attrs.asdict(self._n), pending_asks=len(self._pending))
 
     # -- sending -----------------------------------------------------------------

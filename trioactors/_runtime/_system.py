@@ -194,6 +194,7 @@ class Subscription:
         return await self.receive()
 
     def close(self) -> None:
+        """Stop receiving events (leaving a ``with`` block does it)."""
         self._system._subscriptions.discard(self)
 
     def __enter__(self) -> Subscription:
@@ -363,6 +364,7 @@ class ActorSystem:
     # -- introspection -----------------------------------------------------------
 
     def statistics(self) -> SystemStatistics:
+        """A snapshot of this system's counters (actors, dead letters, crashes, restarts)."""
         return SystemStatistics(
             actors=len(self._registry),
             dead_letters=self._dead_total,

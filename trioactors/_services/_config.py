@@ -444,6 +444,7 @@ class ConfigService:
         await self._changed.wait()
 
     def statistics(self) -> ConfigStatistics:
+        """A snapshot of this replica's counters."""
         return ConfigStatistics(
             keys=len(self.state),
             tombstones=self.state.tombstones,

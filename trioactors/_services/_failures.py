@@ -687,6 +687,7 @@ class FailureSupervisor:
         return list(self._recent)
 
     def statistics(self) -> FailureStatistics:
+        """A snapshot of the supervisor's counters: reports by type, handled, errors, dropped."""
         return FailureStatistics(
             received=dict(self._received),
             handled=self._handled,

@@ -658,6 +658,7 @@ class FileService:
         return self.directory.joinpath(*check_name(name).split("/"))
 
     def statistics(self) -> FileStatistics:
+        """A snapshot of this node's counters, as a receiver and as a sender."""
         return FileStatistics(
             **attrs.asdict(self._n, recurse=False), transfers=len(self._transfers)
         )

@@ -430,6 +430,7 @@ class HealthMonitor:
         return [change for change in self._history if change.target == name]
 
     def statistics(self) -> HealthStatistics:
+        """A snapshot of the monitor's counters (checks, unhealthy verdicts, recoveries, ...)."""
         return HealthStatistics(
             checks=self._checks,
             unhealthy=self._unhealthy,

@@ -410,6 +410,7 @@ class JobQueue:
         return {node: state.value for node, state in sorted(self.breakers.states(now).items())}
 
     def statistics(self) -> JobQueueStatistics:
+        """A snapshot of the queue's counters, and of its jobs waiting and in flight."""
         in_flight = sum(1 for p in self._pending.values() if p.sendings)
         return JobQueueStatistics(
             **self._counts,

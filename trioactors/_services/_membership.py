@@ -95,8 +95,9 @@ class MembershipConfig:
     def detection_time(self, cluster_size: int) -> float:
         """Seconds from a crash until every member has declared the member dead.
 
-        Found silent within about two protocol periods, declared dead after
-        the suspicion timeout, and that news gossiped to everyone.
+        With high probability: found silent within a few protocol periods and
+        declared dead after the suspicion timeout (:meth:`SwimConfig.detection_time`),
+        then that news gossiped to everyone (:meth:`dissemination_time`).
         """
         return self.swim.detection_time(cluster_size) + self.dissemination_time(cluster_size)
 

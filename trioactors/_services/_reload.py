@@ -898,6 +898,7 @@ class Reloader:
         return found[-1] if found else None
 
     def statistics(self) -> ReloaderStatistics:
+        """A snapshot of the reloader's counters, by outcome."""
         return ReloaderStatistics(
             actors=len(self._switches),
             reloaded=self._counts[ReloadOutcome.RELOADED],

@@ -420,6 +420,7 @@ class WorkerPool:
         return sorted(self._handlers)
 
     def info(self) -> WorkerInfo:
+        """What the pool answers to ``DescribeWorker``: kinds, tags, capacity and load."""
         return WorkerInfo(
             self.address,
             self.node.name,
@@ -434,6 +435,7 @@ class WorkerPool:
         )
 
     def statistics(self) -> WorkerPoolStatistics:
+        """A snapshot of the pool's counters, and of its jobs running and queued."""
         return WorkerPoolStatistics(**self._counts, running=self._running, queued=len(self._queue))
 
     # -- inside --------------------------------------------------------------------------

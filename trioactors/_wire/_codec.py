@@ -151,15 +151,18 @@ class MessageRegistry:
         return cls
 
     def tag_of(self, cls: type) -> str | None:
+        """The tag ``cls`` is registered under, or ``None``."""
         return self._by_class.get(cls)
 
     def class_of(self, tag: str) -> type | None:
+        """The class registered under ``tag``, or ``None``."""
         return self._by_tag.get(tag)
 
     def __contains__(self, cls: object) -> bool:
         return cls in self._by_class
 
     def tags(self) -> list[str]:
+        """Every registered tag, sorted."""
         return sorted(self._by_tag)
 
 

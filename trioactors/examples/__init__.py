@@ -49,8 +49,11 @@ class Digest:
 
 
 ECHO: JobKind[object, object] = JobKind("echo", object, object)
+"""Any plain data -> the same data (:func:`echo`)."""
 SLEEP = JobKind("sleep", float, float)
+"""Seconds to sleep -> the same seconds (:func:`sleep`)."""
 DIGEST = JobKind("digest", Digest, str)
+"""A :class:`Digest` -> the hex SHA-256 of its text, hashed ``rounds`` times (:func:`digest`)."""
 
 
 def echo(payload: object) -> object:

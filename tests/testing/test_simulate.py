@@ -189,12 +189,15 @@ def test_deduplicating_store_holds_under_any_plan(plan: FaultPlan) -> None:
     simulate(system.scenario, setup=system.setup, plan=plan, invariants=[system.no_duplicates])
 
 
-def test_the_search_finds_the_store_that_does_not_deduplicate() -> None:
-    """What a user sees: hypothesis finds a plan that breaks the naive store, small."""
+def search_naive_store(phases: list[Phase]) -> tuple[InvariantViolated, list[FaultPlan]]:
     found: list[FaultPlan] = []
 
     @settings(
-        max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        max_examples=200,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=phases,
     )
     @seed(1)
     @given(
@@ -214,11 +217,22 @@ def test_the_search_finds_the_store_that_does_not_deduplicate() -> None:
 
     with pytest.raises(InvariantViolated) as info:
         test_naive()
-    assert found
-    notes = "\n".join(info.value.__notes__)
-    assert "plan=FaultPlan.parse(" in notes  # hypothesis' falsifying example, pasteable
+    return info.value, found
+
+
+def test_the_search_finds_the_store_that_does_not_deduplicate() -> None:
+    """What a user sees: hypothesis finds a plan that breaks the naive store, and prints it."""
+    error, found = search_naive_store([Phase.generate])
+    notes = "\n".join(error.__notes__)
+    assert f"plan={found[-1]!r}" in notes  # hypothesis' falsifying example, pasteable
     assert "replay: trioactors.testing.simulate(" in notes
-    assert len(found[-1]) <= 3  # shrunk: one fault and the final clear, or close
+
+
+@pytest.mark.faults
+def test_the_search_shrinks_the_failing_plan() -> None:
+    # shrinking takes some hundred runs of ~0.1 s: the faults session runs this one
+    _, found = search_naive_store([Phase.generate, Phase.shrink])
+    assert len(found[-1]) <= 2, found[-1]  # one loss of frames, and the final clear
 
 
 async def test_restarted_nodes_rejoin_and_run_setup_again(

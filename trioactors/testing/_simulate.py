@@ -127,6 +127,7 @@ def simulate(
                 nursery.cancel_scope.cancel()
 
     _seed_scheduler(seed)
+    failure: Exception | None = None
     try:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     except BaseException as exc:
@@ -140,7 +141,12 @@ def simulate(
         )
         if leaf is exc:
             raise
-        raise leaf from leaf.__cause__  # the one failure, not the nurseries around it
+        failure = leaf
+    if failure is not None:
+        # The one failure, not the nurseries around it; raised out here so that its
+        # context is its own whichever nursery it came through (hypothesis tells
+        # failures apart by their context: one bug stays one bug).
+        raise failure
 
 
 async def eventually(

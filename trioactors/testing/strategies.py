@@ -91,43 +91,30 @@ def _rates(high: float) -> st.SearchStrategy[float]:
     return st.floats(0.0, high).map(lambda rate: round(rate, 3))
 
 
-@st.composite
-def _plan(
-    draw: st.DrawFn,
+_Raw = tuple[float, str, int, float, float]
+
+
+def _interpret(
+    raw: list[_Raw],
     names: list[str],
     duration: float,
-    max_steps: int,
-    kinds: frozenset[str],
     max_down: int,
     settle: bool,
     max_rate: float,
     max_delay: float,
 ) -> FaultPlan:
-    count = draw(st.integers(0, max_steps))
-    times = sorted(
-        draw(
-            st.lists(
-                st.floats(0.0, duration).map(lambda t: round(t, 3)),
-                min_size=count,
-                max_size=count,
-            )
-        )
-    )
+    """Turn drawn tuples into a valid plan, skipping steps that cannot run.
+
+    Each step is drawn as plain numbers (time, kind, a number that picks the
+    node or the partition, two fractions for rates and delays) so that
+    hypothesis shrinks a plan by deleting steps and moving the rest towards
+    time 0, the mildest kind and the first node, and every shrunk list is
+    still a valid plan.
+    """
     down: list[str] = []
     steps: list[Step] = []
-    for at in times:
+    for at, kind, pick, x, y in sorted(raw, key=lambda r: r[0]):
         up = [name for name in names if name not in down]
-        possible = [
-            kind
-            for kind in FAULT_KINDS
-            if kind in kinds
-            and (kind != "crash" or len(down) < max_down)
-            and (kind != "restart" or down)
-            and (kind != "partition" or len(names) >= 2)
-        ]
-        if not possible:
-            break
-        kind = draw(st.sampled_from(possible))
         fault: Fault
         match kind:
             case "heal":
@@ -135,23 +122,29 @@ def _plan(
             case "clear":
                 fault = Clear()
             case "delay":
-                low = round(draw(st.floats(0.0, max_delay)), 3)
-                fault = Delay(low, round(draw(st.floats(low, max_delay)), 3))
+                low = round(x * max_delay, 3)
+                fault = Delay(low, round(low + y * (max_delay - low), 3))
             case "drop":
-                fault = Drop(draw(_rates(max_rate)))
+                fault = Drop(round(x * max_rate, 3))
             case "duplicate":
-                fault = Duplicate(draw(_rates(max_rate)))
+                fault = Duplicate(round(x * max_rate, 3))
             case "reorder":
-                fault = Reorder(draw(_rates(max_rate)))
+                fault = Reorder(round(x * max_rate, 3))
             case "partition":
-                fault = draw(partitions(names))
+                side = [name for i, name in enumerate(names) if pick >> i & 1]
+                if len(names) < 2 or not side or len(side) == len(names):
+                    continue
+                fault = Partition(tuple(side))
             case "crash":
-                node = draw(st.sampled_from(up))
+                if len(down) >= max_down or not up:
+                    continue
+                node = up[pick % len(up)]
                 down.append(node)
                 fault = Crash(node)
             case _:
-                node = draw(st.sampled_from(down))
-                down.remove(node)
+                if not down:
+                    continue
+                node = down.pop(pick % len(down))
                 fault = Restart(node)
         steps.append(Step(at, fault))
     if settle:
@@ -200,4 +193,19 @@ def fault_plans(
     if not duration > 0.0:
         raise FaultPlanError(f"duration must be positive, not {duration}")
     down = (len(names) - 1) // 2 if max_down is None else max_down
-    return _plan(names, float(duration), max_steps, chosen, down, settle, max_rate, max_delay)
+    # integers (milliseconds, thousandths) rather than floats: hypothesis shrinks them in
+    # a few steps, so its shrinking budget goes to deleting and simplifying steps
+    fraction = st.integers(0, 1000).map(lambda n: n / 1000)
+    raw = st.lists(
+        st.tuples(
+            st.integers(0, round(duration * 1000)).map(lambda ms: ms / 1000),
+            st.sampled_from([kind for kind in FAULT_KINDS if kind in chosen]),
+            st.integers(0, 2 ** len(names) - 1),
+            fraction,
+            fraction,
+        ),
+        max_size=max_steps,
+    )
+    return raw.map(
+        lambda r: _interpret(r, names, float(duration), down, settle, max_rate, max_delay)
+    )

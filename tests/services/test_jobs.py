@@ -100,6 +100,8 @@ async def open_jobs(
         )
         with trio.fail_after(30):
             await queue.wait_for_workers(workers)
+            await queue.wait_for_workers(workers, kind=NORM)  # a kind, or its name
+            await queue.wait_for_workers(workers, kind="norm")
         yield Jobs(cluster, queue, pools)
 
 

@@ -415,6 +415,22 @@ async def test_closed_port_raises_within_connect_timeout(make: Make) -> None:
             assert a.transport.statistics().connect_failures >= 1
 
 
+async def test_a_waiting_send_follows_the_peer_to_its_new_address(make: Make) -> None:
+    # A node restarted on another port: the sender waiting on the old address must
+    # dial the new one at once, not wait out connect_timeout and drop the frame.
+    slow = attrs.evolve(FAST, connect_timeout=30.0)
+    with trio.fail_after(GUARD):
+        async with serving() as start, trio.open_nursery() as nursery:
+            a = await start(make(slow), "a")
+            b = await start(make(slow), "b")
+            prefix = "tcp" if make is TcpTransport else "ws"
+            a.transport.add_peer("b", f"{prefix}://127.0.0.1:{closed_port()}")
+            nursery.start_soon(a.transport.send, "b", b"hello")
+            await trio.testing.wait_all_tasks_blocked()
+            a.transport.add_peer("b", b.address)  # the peer is found at its new address
+            assert await b.inbox.wait_for(1) == [("a", b"hello")]
+
+
 async def test_peer_that_stops_then_returns(make: Make) -> None:
     with trio.fail_after(GUARD):
         async with serving() as start:

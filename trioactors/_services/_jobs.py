@@ -368,12 +368,16 @@ class JobQueue:
         """:meth:`submit_many` of one job of ``kind`` per payload."""
         return self.submit_many((kind.job(p, timeout=timeout) for p in payloads), window=window)
 
-    async def wait_for_workers(self, count: int = 1, *, kind: str | None = None) -> None:
+    async def wait_for_workers(
+        self, count: int = 1, *, kind: str | JobKind[P, R] | None = None
+    ) -> None:
         """Wait until the queue knows ``count`` worker pools (handling ``kind``, if given).
 
+        ``kind`` is a kind's name or the :class:`~trioactors.JobKind` itself.
         Use a cancel scope (``trio.fail_after``) to bound the wait.
         """
-        await self.discovery.wait_for_workers(count, kind)
+        name = kind.name if isinstance(kind, JobKind) else kind
+        await self.discovery.wait_for_workers(count, name)
 
     async def refresh(self) -> None:
         """Ask every pool how it is now, and return when the answers are in.

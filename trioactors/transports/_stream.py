@@ -447,6 +447,8 @@ class StreamTransport(Transport):
                 deadline = trio.current_time() + self.config.connect_timeout
             with trio.move_on_at(deadline) as waiting:
                 while entry.link is None and not entry.removed and self._nursery is not None:
+                    # a new address (add_peer) stops the connecting task: start the next
+                    self._ensure_task(entry)
                     await entry.changed.wait()
             if waiting.cancelled_caught:
                 error = entry.last_error

@@ -20,7 +20,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-LINT_PATHS = ["trioactors", "tests", "bench", "noxfile.py"]
+LINT_PATHS = ["trioactors", "tests", "bench", "notebooks", "noxfile.py"]
 
 
 @nox.session

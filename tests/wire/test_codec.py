@@ -36,6 +36,12 @@ class Order:
 
 
 @attrs.frozen
+class Blob:
+    data: bytes
+    parts: tuple[bytes, ...] = ()
+
+
+@attrs.frozen
 class Unregistered:
     x: int
 
@@ -43,6 +49,7 @@ class Unregistered:
 registry = MessageRegistry()
 registry.register(Inc)
 registry.register(Order, tag="shop.Order")
+registry.register(Blob)
 
 FORMATS = ["json", "msgpack"]
 
@@ -54,7 +61,16 @@ def envelope(payload: object, kind: Kind = Kind.TELL, tag: str = "") -> Envelope
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(
     "payload",
-    [Inc(3), Order("tea", 2, 1.5, ["hot"], None), None, 42, "text", [1, "two"], {"k": [1.5]}],
+    [
+        Inc(3),
+        Order("tea", 2, 1.5, ["hot"], None),
+        Blob(bytes(range(256)), (b"", b"\x00")),  # (JSON carries bytes as base85 text)
+        None,
+        42,
+        "text",
+        [1, "two"],
+        {"k": [1.5]},
+    ],
 )
 def test_round_trip(fmt: str, payload: object) -> None:
     codec = Codec(registry, fmt)  # type: ignore[arg-type]
@@ -67,6 +83,14 @@ def test_round_trip(fmt: str, payload: object) -> None:
         7,
         Kind.TELL,
     )
+
+
+def test_bytes_that_are_not_base85_are_an_invalid_payload() -> None:
+    codec = Codec(registry, "json")
+    frame = codec.encode(envelope(Blob(b"ok")))
+    bad = frame.replace(json.dumps(codec._converter.unstructure(b"ok")).encode(), b'"~~~"')
+    with pytest.raises(InvalidPayload, match=r"bytes @ \$\.data"):
+        codec.decode(bad)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -25,6 +25,7 @@ registered into one instead of refusing it.
 
 from __future__ import annotations
 
+import base64
 import enum
 import functools
 import json
@@ -197,13 +198,23 @@ def _strict(
     return hook
 
 
-def _configure(converter: cattrs.Converter) -> None:
+def _b85(value: object) -> bytes:
+    try:
+        return base64.b85decode(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise TypeError(f"expected bytes as base85 text: {exc}") from None
+
+
+def _configure(converter: cattrs.Converter, format: Format) -> None:
     """cattrs converts leniently (``"5"`` to 5); on the wire we are strict."""
     converter.register_structure_hook(int, _strict((int,)))
     converter.register_structure_hook(float, _strict((int, float), float))  # type: ignore[arg-type]
     converter.register_structure_hook(str, _strict((str,)))
     converter.register_structure_hook(bool, _strict((bool,)))
-    converter.register_structure_hook(bytes, _strict((bytes,)))
+    if format == "json":  # JSON has no bytes: cattrs writes them as base85 text
+        converter.register_structure_hook(bytes, _strict((str,), _b85))
+    else:
+        converter.register_structure_hook(bytes, _strict((bytes,)))
 
 
 def _register_service_messages(
@@ -223,7 +234,7 @@ def _converter(format: Format) -> cattrs.Converter:
         converter: cattrs.Converter = make_json_converter(forbid_extra_keys=True)
     else:
         converter = make_msgpack_converter(forbid_extra_keys=True)
-    _configure(converter)
+    _configure(converter, format)
     return converter
 
 

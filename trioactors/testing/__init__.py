@@ -16,6 +16,10 @@
   fault plans; :mod:`trioactors.testing.stateful`: :class:`ClusterMachine`,
   a base class for stateful property tests (both need ``hypothesis``).
 - :func:`check_transport`: the conformance suite every transport passes.
+- :func:`check_linearizable`: is a recorded :class:`History` of
+  :class:`Operation` linearizable with respect to a :class:`Model`? Comes with
+  :class:`KVModel` (:class:`Put`, :class:`Get`, :class:`Delete`,
+  :class:`CompareAndSet`); a failure's :class:`LinearizabilityResult` explains it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ from ..transports._memory import Traced as Traced
 from ..transports._memory import TraceEvent as TraceEvent
 from ._cluster import SimulatedCluster as SimulatedCluster
 from ._cluster import open_simulated_cluster as open_simulated_cluster
+from ._linearizability import CompareAndSet as CompareAndSet
+from ._linearizability import Delete as Delete
+from ._linearizability import Get as Get
+from ._linearizability import History as History
+from ._linearizability import KVModel as KVModel
+from ._linearizability import LinearizabilityResult as LinearizabilityResult
+from ._linearizability import Model as Model
+from ._linearizability import Operation as Operation
+from ._linearizability import Put as Put
+from ._linearizability import check_linearizable as check_linearizable
 from ._plan import Clear as Clear
 from ._plan import Crash as Crash
 from ._plan import Delay as Delay

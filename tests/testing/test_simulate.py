@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import trioactors as ta
 from trioactors.testing import (
+    Clear,
     FaultPlan,
     FaultPlanError,
+    Heal,
     InvariantViolated,
     Ledger,
     MemoryNetwork,
@@ -53,10 +55,11 @@ class Store(ta.Actor[Record]):
 class System:
     """One store on n0, clients on n1 and n2 that retry until acknowledged."""
 
-    def __init__(self, *, dedup: bool, requests: int = 10) -> None:
+    def __init__(self, *, dedup: bool, requests: int = 10, pace: float = 0.0) -> None:
         self.ledger = Ledger()
         self.dedup = dedup
         self.requests = requests
+        self.pace = pace  # seconds between a client's requests
         self.acknowledged = 0
 
     async def setup(self, node: ta.Node) -> None:
@@ -77,6 +80,7 @@ class System:
                 except (ta.AskTimeout, ta.NodeUnreachable, ta.ActorNotFound, ta.ActorStopped):
                     await trio.sleep(0.5)  # (simulated) back off and retry
             self.acknowledged += 1
+            await trio.sleep(self.pace)
 
     async def scenario(self, cluster: SimulatedCluster) -> None:
         async with trio.open_nursery() as nursery:
@@ -206,7 +210,7 @@ def search_naive_store(phases: list[Phase]) -> tuple[InvariantViolated, list[Fau
         )
     )
     def test_naive(plan: FaultPlan) -> None:
-        system = System(dedup=False, requests=5)
+        system = System(dedup=False, requests=5, pace=1.0)  # (so that faults meet requests)
         try:
             simulate(
                 system.scenario, setup=system.setup, plan=plan, invariants=[system.no_duplicates]
@@ -232,7 +236,9 @@ def test_the_search_finds_the_store_that_does_not_deduplicate() -> None:
 def test_the_search_shrinks_the_failing_plan() -> None:
     # shrinking takes some hundred runs of ~0.1 s: the faults session runs this one
     _, found = search_naive_store([Phase.generate, Phase.shrink])
-    assert len(found[-1]) <= 2, found[-1]  # one loss of frames, and the final clear
+    # one fault that loses or duplicates frames; harmless heals may be left over
+    effective = [s for s in found[-1] if not isinstance(s.fault, (Heal, Clear))]
+    assert len(effective) == 1, found[-1]
 
 
 async def test_restarted_nodes_rejoin_and_run_setup_again(

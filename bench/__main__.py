@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import files, jobs, local, membership, remote
+from . import files, jobs, local, membership, raft, remote
 from ._common import emit
 
 WORKLOADS = {
@@ -17,6 +17,7 @@ WORKLOADS = {
     **files.WORKLOADS,
     **jobs.WORKLOADS,
     **membership.WORKLOADS,
+    **raft.WORKLOADS,
 }
 
 

@@ -37,6 +37,8 @@ from ._core._jobs import JobResult as JobResult
 from ._core._membership import Member as Member
 from ._core._membership import MemberChanged as MemberChanged
 from ._core._membership import MemberState as MemberState
+from ._core._raft import RaftConfig as RaftConfig
+from ._core._raft_messages import RaftRole as RaftRole
 from ._core._retry import NO_RETRY as NO_RETRY
 from ._core._retry import RetryPolicy as RetryPolicy
 from ._core._supervision import Backoff as Backoff
@@ -162,6 +164,9 @@ from ._services._jobs import DEFAULT_JOB_TIMEOUT as DEFAULT_JOB_TIMEOUT
 from ._services._jobs import JobQueue as JobQueue
 from ._services._jobs import JobQueueStatistics as JobQueueStatistics
 from ._services._jobs import start_job_queue as start_job_queue
+from ._services._kv import KvClient as KvClient
+from ._services._kv import KvState as KvState
+from ._services._kv import KvUnavailable as KvUnavailable
 from ._services._mapreduce import map_reduce as map_reduce
 from ._services._mapreduce import partition_of as partition_of
 from ._services._membership import Membership as Membership
@@ -170,6 +175,16 @@ from ._services._membership import start_membership as start_membership
 from ._services._metrics import Health as Health
 from ._services._metrics import Metrics as Metrics
 from ._services._metrics import start_metrics as start_metrics
+from ._services._raft import RaftCommand as RaftCommand
+from ._services._raft import RaftMembership as RaftMembership
+from ._services._raft import RaftQuery as RaftQuery
+from ._services._raft import RaftReply as RaftReply
+from ._services._raft import RaftServer as RaftServer
+from ._services._raft import StateMachine as StateMachine
+from ._services._raft import start_raft as start_raft
+from ._services._raftstore import MemoryRaftStore as MemoryRaftStore
+from ._services._raftstore import RaftStore as RaftStore
+from ._services._raftstore import SqliteRaftStore as SqliteRaftStore
 from ._services._reload import InvalidReloadTarget as InvalidReloadTarget
 from ._services._reload import ListReloads as ListReloads
 from ._services._reload import MigrationFailed as MigrationFailed

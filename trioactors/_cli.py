@@ -165,6 +165,20 @@ def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     help="Receive files pushed to the node into this directory (made if missing).",
 )
 @click.option(
+    "--raft",
+    metavar="VOTERS",
+    default="",
+    help="Run a server of the replicated key-value store (Raft) whose voters are these "
+    "comma-separated node names (this node among them; without it, it waits to be added).",
+)
+@click.option(
+    "--raft-dir",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Keep the Raft server's term, vote, log and snapshots in DIR/NAME.raft.db (SQLite).",
+)
+@click.option(
     "--tag",
     "tags",
     multiple=True,

@@ -211,6 +211,8 @@ class NodeSettings:
     tags: tuple[str, ...] = ()
     metrics_port: int | None = None
     files_dir: str | None = None
+    raft: tuple[str, ...] = ()
+    raft_dir: str = "."
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -223,6 +225,11 @@ class NodeSettings:
             raise SettingsError(f"metrics_port must be 0-65535, not {self.metrics_port}")
         if not 0 <= self.workers <= 1024:
             raise SettingsError(f"workers must be 0-1024, not {self.workers}")
+        for voter in self.raft:
+            try:
+                check_node_name(voter)
+            except ValueError as exc:
+                raise SettingsError(f"raft voter {voter!r}: {exc}") from None
         for tag in self.tags:
             if not tag or "," in tag or tag != tag.strip():
                 raise SettingsError(f"invalid tag {tag!r}: a tag is a non-empty word")
@@ -259,6 +266,8 @@ _KEYS: Final[dict[str, tuple[type, str]]] = {
     "tags": (list, "a list of strings"),
     "metrics_port": (int, "an integer"),
     "files_dir": (str, "a string"),
+    "raft": (list, "a list of node names"),
+    "raft_dir": (str, "a string"),
 }
 
 
@@ -363,7 +372,18 @@ def merge_settings(
         tags=tuple(cast("Collection[str]", pick("tags"))),
         metrics_port=cast("int | None", pick("metrics_port")),
         files_dir=cast("str | None", pick("files_dir")),
+        raft=_voters(pick("raft") if "raft" in options or "raft" in file else ()),
+        raft_dir=cast(
+            "str", pick("raft_dir") if "raft_dir" in options or "raft_dir" in file else "."
+        ),
     )
+
+
+def _voters(value: object) -> tuple[str, ...]:
+    """Raft voters from ``--raft a,b,c`` or a settings file's list."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return tuple(cast("Collection[str]", value))
 
 
 def _toml_type(value: object) -> str:
@@ -440,6 +460,9 @@ async def run_node(settings: NodeSettings, secret: bytes, read_only_secret: byte
         replica = await ta.start_config(node, membership)  # the cluster's configuration ($config)
         if settings.files_dir is not None:  # files pushed to this node ($files)
             await ta.start_files(node, settings.files_dir, membership=membership)
+        if settings.raft:  # a server of the replicated key-value store ($raft)
+            store = ta.SqliteRaftStore(Path(settings.raft_dir) / f"{node.name}.raft.db")
+            await ta.start_raft(node, settings.raft, ta.KvState(), store=store)
         pools = []
         if settings.workers:
             pool = await ta.start_worker_pool(

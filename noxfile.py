@@ -39,7 +39,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy>=1.13")
+    session.install("-e", ".[test]", "mypy>=1.13")  # (testing.strategies imports hypothesis)
     session.run("mypy", "--strict", "trioactors")
 
 

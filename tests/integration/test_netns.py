@@ -69,6 +69,9 @@ def network() -> Iterator[Network]:
         yield network
 
 
+# 30-45 s: in the faults session; the default run keeps a partitioned host on real links
+# through tests/integration/test_job_faults_netns.py
+@pytest.mark.faults
 async def test_a_partitioned_host_is_declared_dead_then_rejoins_after_healing(
     network: Network,
 ) -> None:

@@ -4,7 +4,7 @@ nox -s tests            the default test run (< 5 minutes on 2 cores)
 nox -s lint typecheck   ruff check + ruff format --check; mypy --strict
 nox -s faults           the long fault searches: tests/faults/ (CPU contention, SIGSTOP
                         pauses) and every property test with the "deep" hypothesis
-                        profile (about 15 minutes on 2 cores)
+                        profile (about 30 minutes on 2 cores)
 nox -s notebooks        execute every notebook in notebooks/ headless; fail on any error
 nox -s docs             build the documentation (Sphinx) with warnings as errors
 nox -s bench            benchmarks, as ratios against raw Trio baselines

@@ -19,33 +19,58 @@ States (:class:`RaftRole`)::
       +---- a higher term, a leader of this term, or (leader) no majority heard
             within an election timeout (check_quorum), or removed from the config
 
-Events in: :meth:`~RaftNode.tick` (timers; the shell calls it at
-:meth:`~RaftNode.next_deadline`, and need not call it at any other time),
-:meth:`~RaftNode.receive` (a message from a peer),
-:meth:`~RaftNode.propose`, :meth:`~RaftNode.read_index`,
-:meth:`~RaftNode.add_server`, :meth:`~RaftNode.remove_server`,
-:meth:`~RaftNode.snapshot_taken`.
+Driving it (the shell)
+----------------------
 
-Actions out (:data:`RaftAction`), to be carried out *in list order*. The
-storage actions (:class:`Persist`, :class:`TruncateLog`, :class:`AppendToLog`,
-:class:`SaveSnapshot`, :class:`CompactLog`) must be durable before any action
-after them is carried out: the node places each one before the messages that
-depend on it (a vote is persisted before it is sent, entries are on disk before
-they are acknowledged, and a leader's own entries are on disk before they are
-applied, so it may count itself in a majority). A crash between two actions is
-safe: what is on disk is then a state the node could have been in.
-:class:`Apply` hands over committed entries of every kind in index order,
-exactly once per index in the life of the node object; after a restart the
-shell restores its state machine from the snapshot and the node applies from
-the snapshot's index on. :class:`SaveSnapshot` replaces the state machine.
+Construction: ``RaftNode(id, voters, now=..., rng=..., config=RaftConfig(...),
+persisted=...)``. ``voters`` is the bootstrap configuration, identical on the
+founding servers, empty on a server that will be added later; ``persisted`` is
+the :class:`PersistentState` the shell kept (term, vote, snapshot, log), or
+``None`` the first time. After a restart the shell resets its state machine
+to the snapshot's data; the node applies the log again from the snapshot on.
 
-Messages (:data:`RaftMessage`) are frozen attrs classes of plain fields.
-Duplicated, reordered, delayed and lost messages are all harmless: every
-message carries its sender's term, and every response is checked against the
-current term and what the node already knows (it never lowers a match index
-or a commit index, never truncates a committed entry).
+Inputs (events in), each returning the list of actions:
 
-Rules beyond Figure 2:
+- :meth:`~RaftNode.tick` when :meth:`~RaftNode.next_deadline` has come (the
+  election timeout, drawn from ``rng`` in ``[election_timeout_min,
+  election_timeout_max]``; a leader's heartbeat and its check-quorum). The
+  deadline can move after any input: ask again each time. Nothing else is
+  timed, so the shell never polls.
+- :meth:`~RaftNode.receive` a message (:data:`RaftMessage`) from a peer.
+- Requests, which a non-leader refuses with :class:`NotLeader` (the best known
+  leader, for a redirect): :meth:`~RaftNode.propose` (a ``COMMAND`` entry,
+  :class:`Proposed` gives its term and index), :meth:`~RaftNode.read_index`,
+  :meth:`~RaftNode.add_server` and :meth:`~RaftNode.remove_server` (which may
+  also be :class:`ChangeRefused`).
+- :meth:`~RaftNode.snapshot_taken` once the shell has snapshotted its state
+  machine (best after a :class:`SnapshotWanted`).
+
+Actions (:data:`RaftAction`) must be carried out *in list order*:
+
+- storage: :class:`Persist` (term and vote), :class:`TruncateLog`,
+  :class:`AppendToLog`, :class:`SaveSnapshot` (a snapshot received: store it,
+  drop the log up to it, reset the state machine to it) and
+  :class:`CompactLog` (the shell's own snapshot is now the log's base). Each
+  must be durable before any later action is carried out. The node puts them
+  before whatever depends on them: the hard state before any message, a vote
+  before it is sent, entries before they are acknowledged, a leader's own
+  entries before they are applied (so it counts itself in a majority). Every
+  prefix of a list is a state the node could have been in, so a crash between
+  two actions is safe.
+- :class:`Send`: best effort; loss, duplication and reordering are harmless.
+- :class:`Apply`: committed entries of every kind, in index order, each index
+  once in the life of the node object. A proposal ``(term, index)`` succeeded
+  if and only if an applied entry has that index *and* term; another term at
+  that index, or a :class:`TruncateLog` of it, means it was lost.
+- :class:`ReadReady` (answer the read once the state machine has applied
+  ``index``) or :class:`ReadFailed` (leadership lost: retry elsewhere).
+- :class:`RoleChanged`: role, term or known leader changed; at most one per
+  input, at the end.
+- :class:`SnapshotWanted`: ``snapshot_threshold`` entries were applied since
+  the last snapshot (repeated every as many entries until one is taken).
+
+Rules beyond Figure 2
+---------------------
 
 - Pre-Vote (dissertation 9.6, ``pre_vote``): before a real election a server
   asks whether it *would* win, for the term after its own, without changing
@@ -58,7 +83,15 @@ Rules beyond Figure 2:
   it ignores requests for real votes (dissertation 4.2.3), unless they come
   from a leadership transfer.
 - Leaders commit only entries of their own term by counting replicas (5.4.2),
-  and start each term with a ``NOOP`` entry.
+  and start each term with a ``NOOP`` entry. A follower commits no further
+  than the last entry it knows to match the leader's, and never truncates a
+  committed entry: a message that would make it (or that names a second
+  leader for a term) is ignored and counted in ``protocol_errors``.
+- Replication: a leader probes a follower with one append per heartbeat, backs
+  off to the follower's hint (``conflict_index``: its last index + 1, or the
+  first index of its conflicting term), then pipelines up to
+  ``max_entries_per_append`` entries per message; a follower that needs
+  compacted entries gets the snapshot, whole, in one :class:`InstallSnapshot`.
 - ReadIndex (dissertation 6.4): a read waits until the leader has committed an
   entry of its term, takes the commit index, and is released
   (:class:`ReadReady`) once a majority has answered a heartbeat round sent
@@ -68,21 +101,21 @@ Rules beyond Figure 2:
   ``CONFIG`` entry takes effect as soon as it is in a log; a leader accepts a
   change only when the previous one is committed and it has committed an entry
   of its own term (the fix for the single-server change bug found after the
-  dissertation). A server that is not in its own configuration never starts
-  an election. A leader that removes itself keeps leading without counting
-  itself, steps down once the change commits, and hands over with
-  :class:`TimeoutNow` to its most up-to-date peer.
-- Snapshots (section 7): the shell snapshots when asked (:class:`SnapshotWanted`)
-  and reports it with :meth:`~RaftNode.snapshot_taken`; a leader sends its
-  snapshot whole (:class:`InstallSnapshot`) to a follower that needs compacted
-  entries.
+  dissertation). A server stands for election only if it is a voter, or was
+  one before a change it does not know to be committed (it may be needed to
+  commit it, dissertation 4.2.2). A leader keeps sending to a server it
+  removed until it has told it that the change is committed. A leader that
+  removes itself leads on without counting itself, steps down once the change
+  commits, and hands over with :class:`TimeoutNow` to its most up-to-date peer.
 
-Invariants (checked by the tests after every step of simulated clusters):
-at most one leader per term; logs that share an entry ``(index, term)`` are
-equal up to it; every committed entry is in the log of every leader of a
-later term; no two servers apply different entries at an index; commit and
-applied indices never decrease; after :meth:`~RaftNode.tick`,
-:meth:`~RaftNode.next_deadline` is in the future.
+Invariants (checked by the tests after every step of simulated clusters
+under crashes, partitions, loss, duplication and reordering): at most one
+leader per term; logs that share an entry ``(index, term)`` are equal up to
+it; every committed entry is in the log of every leader of a later term; no
+two servers apply different entries at an index; a read sees every write
+committed before it began; commit and applied indices never decrease; what a
+message says about its sender is already on the sender's disk; after
+:meth:`~RaftNode.tick`, :meth:`~RaftNode.next_deadline` is in the future.
 """
 
 from __future__ import annotations
@@ -105,6 +138,7 @@ from ._raft_messages import (
     Persist,
     Proposed,
     RaftAction,
+    RaftConfig,
     RaftMessage,
     RaftRole,
     RaftStatistics,
@@ -158,63 +192,6 @@ __all__ = [
     "TruncateLog",
     "VoteResponse",
 ]
-
-
-def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a finite number of seconds > 0, not {value!r}")
-
-
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be an integer >= 1, not {value!r}")
-
-
-@final
-@attrs.frozen(kw_only=True)
-class RaftConfig:
-    """Timers and limits of a Raft node; the timeouts are the paper's.
-
-    Args:
-      election_timeout_min: seconds, ``> 0``; each election timeout is drawn
-        uniformly from ``[election_timeout_min, election_timeout_max]``.
-      election_timeout_max: seconds, ``>= election_timeout_min``.
-      heartbeat_interval: seconds between a leader's heartbeats, shorter than
-        ``election_timeout_min`` (the paper's rule is an order of magnitude).
-      max_entries_per_append: most entries in one :class:`AppendEntries`, ``>= 1``.
-      snapshot_threshold: entries applied since the last snapshot at which the
-        node asks for a new one (:class:`SnapshotWanted`), ``>= 1``.
-      pre_vote: run the Pre-Vote phase before elections.
-      check_quorum: a leader steps down when it has not heard from a majority
-        within ``election_timeout_max``, and servers that hear from a leader
-        ignore vote requests.
-
-    Raises:
-      ValueError: if a value is out of range.
-
-    .. versionadded:: 0.1
-    """
-
-    election_timeout_min: float = attrs.field(default=0.15, validator=_positive_seconds)
-    election_timeout_max: float = attrs.field(default=0.30, validator=_positive_seconds)
-    heartbeat_interval: float = attrs.field(default=0.05, validator=_positive_seconds)
-    max_entries_per_append: int = attrs.field(default=64, validator=_at_least_one)
-    snapshot_threshold: int = attrs.field(default=1000, validator=_at_least_one)
-    pre_vote: bool = True
-    check_quorum: bool = True
-
-    def __attrs_post_init__(self) -> None:
-        if self.election_timeout_max < self.election_timeout_min:
-            raise ValueError(
-                f"election_timeout_max ({self.election_timeout_max}) must be >= "
-                f"election_timeout_min ({self.election_timeout_min})"
-            )
-        if self.heartbeat_interval >= self.election_timeout_min:
-            raise ValueError(
-                f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
-                f"election_timeout_min ({self.election_timeout_min}), or followers "
-                "start elections while the leader is alive"
-            )
 
 
 @attrs.define

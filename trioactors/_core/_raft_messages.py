@@ -1,4 +1,4 @@
-"""The vocabulary of the Raft machine: roles, messages, actions and results.
+"""The vocabulary of the Raft machine: its settings, roles, messages, actions and results.
 
 Everything here is a frozen attrs class of plain fields (ints, strings, bytes,
 tuples, enums), so messages can travel as typed payloads and actions can be
@@ -10,6 +10,7 @@ the shell and in which order.
 from __future__ import annotations
 
 import enum
+import math
 from typing import TypeAlias, final
 
 import attrs
@@ -29,6 +30,7 @@ __all__ = [
     "Persist",
     "Proposed",
     "RaftAction",
+    "RaftConfig",
     "RaftMessage",
     "RaftRole",
     "RaftStatistics",
@@ -44,6 +46,63 @@ __all__ = [
     "TruncateLog",
     "VoteResponse",
 ]
+
+
+def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a finite number of seconds > 0, not {value!r}")
+
+
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, not {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RaftConfig:
+    """Timers and limits of a Raft node; the timeouts are the paper's.
+
+    Args:
+      election_timeout_min: seconds, ``> 0``; each election timeout is drawn
+        uniformly from ``[election_timeout_min, election_timeout_max]``.
+      election_timeout_max: seconds, ``>= election_timeout_min``.
+      heartbeat_interval: seconds between a leader's heartbeats, shorter than
+        ``election_timeout_min`` (the paper's rule is an order of magnitude).
+      max_entries_per_append: most entries in one :class:`AppendEntries`, ``>= 1``.
+      snapshot_threshold: entries applied since the last snapshot at which the
+        node asks for a new one (:class:`SnapshotWanted`), ``>= 1``.
+      pre_vote: run the Pre-Vote phase before elections.
+      check_quorum: a leader steps down when it has not heard from a majority
+        within ``election_timeout_max``, and servers that hear from a leader
+        ignore vote requests.
+
+    Raises:
+      ValueError: if a value is out of range.
+
+    .. versionadded:: 0.1
+    """
+
+    election_timeout_min: float = attrs.field(default=0.15, validator=_positive_seconds)
+    election_timeout_max: float = attrs.field(default=0.30, validator=_positive_seconds)
+    heartbeat_interval: float = attrs.field(default=0.05, validator=_positive_seconds)
+    max_entries_per_append: int = attrs.field(default=64, validator=_at_least_one)
+    snapshot_threshold: int = attrs.field(default=1000, validator=_at_least_one)
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.election_timeout_max < self.election_timeout_min:
+            raise ValueError(
+                f"election_timeout_max ({self.election_timeout_max}) must be >= "
+                f"election_timeout_min ({self.election_timeout_min})"
+            )
+        if self.heartbeat_interval >= self.election_timeout_min:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
+                f"election_timeout_min ({self.election_timeout_min}), or followers "
+                "start elections while the leader is alive"
+            )
 
 
 class RaftRole(enum.Enum):

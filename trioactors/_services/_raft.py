@@ -168,10 +168,6 @@ def register_raft_messages(registry: MessageRegistry) -> None:
     _register_service_messages(registry, ACTOR, (*_RAFT_MESSAGES, *_CLIENT_MESSAGES))
 
 
-class RaftStopped(TrioactorsError):
-    """The Raft server stopped before the request was decided."""
-
-
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -218,6 +214,7 @@ class RaftServer:
         self._ready_reads: list[tuple[int, int]] = []  # (index, read id) awaiting apply
         self._queries: dict[int, str] = {}
         self._read_ids = 0
+        self._snapshot_data = b""  # the latest snapshot this server took (for CompactLog)
         self._changed = trio.Event()
         self._role_changed = trio.Event()
         self.errors = 0
@@ -263,8 +260,6 @@ class RaftServer:
         for action in storage:
             if isinstance(action, SaveSnapshot):  # the leader's state replaces ours
                 self.state_machine.restore(action.data)
-
-    _snapshot_data: bytes = b""
 
     def _carry_out(self, action: RaftAction) -> None:
         match action:

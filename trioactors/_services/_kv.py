@@ -19,9 +19,9 @@ import random
 import uuid
 from typing import TYPE_CHECKING, final
 
-import attrs
 import trio
 
+from .._core._retry import RetryPolicy
 from .._errors import TrioactorsError
 from ._raft import ACTOR, RaftCommand, RaftQuery, RaftReply, register_raft_messages
 
@@ -108,13 +108,8 @@ class KvState:
         self.sessions = {c: (v[0], v[1]) for c, v in state["sessions"].items()}
 
 
-@attrs.define
-class _Backoff:
-    attempt: int = 0
-
-    def next(self, rng: random.Random) -> float:
-        self.attempt += 1
-        return rng.uniform(0, min(1.0, 0.02 * 2**self.attempt))  # full jitter, capped at 1 s
+# between attempts: full jitter, bounds from 40 ms doubling to 1 s (the job queue's policy type)
+_BACKOFF = RetryPolicy(base=0.04, factor=2.0, cap=1.0)
 
 
 @final
@@ -181,8 +176,7 @@ class KvClient:
             return await self._request(RaftCommand(command))
 
     async def _request(self, message: RaftCommand | RaftQuery) -> str:
-        backoff = _Backoff()
-        tried = 0
+        tried = failures = 0
         with trio.move_on_after(self.timeout) as scope:
             while True:
                 target = self.leader or self.servers[tried % len(self.servers)]
@@ -204,7 +198,8 @@ class KvClient:
                         continue
                     self.leader = None
                 self.retries += 1
-                await trio.sleep(backoff.next(self._rng))
+                failures += 1
+                await trio.sleep(_BACKOFF.delay(failures, self._rng))
         assert scope.cancelled_caught
         raise KvUnavailable(
             f"no leader among {', '.join(self.servers)} answered within {self.timeout} s"

@@ -243,22 +243,16 @@ class SimulatedCluster:
             name = getattr(invariant, "__name__", repr(invariant))
             now = trio.current_time() - self._started
             where = f"at {now:.3f} s (simulated), after {self._steps_applied} step(s) of the plan"
+            cause: AssertionError | None = None
             try:
                 held = invariant(self)
             except AssertionError as exc:
-                raise InvariantViolated(
-                    f"invariant {name} failed {where}: {exc}",
-                    name=name,
-                    time=now,
-                    step=self._steps_applied,
-                ) from exc
+                held, cause = False, exc
             if held is False:
+                how = f"failed {where}: {cause}" if cause is not None else f"returned False {where}"
                 raise InvariantViolated(
-                    f"invariant {name} returned False {where}",
-                    name=name,
-                    time=now,
-                    step=self._steps_applied,
-                )
+                    f"invariant {name} {how}", name=name, time=now, step=self._steps_applied
+                ) from cause
 
     # -- views ------------------------------------------------------------------------
 

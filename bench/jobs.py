@@ -240,8 +240,16 @@ def _stop(nodes: list[_NodeProcess]) -> None:
 
 
 @contextlib.contextmanager
-def _node_cluster(deadline: float) -> Iterator[dict[str, str]]:
+def _node_cluster(
+    deadline: float,
+    names: Sequence[str] | None = None,
+    start: Callable[[str, Mapping[str, str], IO[bytes]], _NodeProcess] | None = None,
+    processes: dict[str, _NodeProcess] | None = None,
+) -> Iterator[dict[str, str]]:
     """Run the node processes, joined through the first; yield the seeds to join them.
+
+    ``names`` (default ``node-1`` ... ``node-N``) are started with ``start``
+    (default: worker nodes); ``processes``, if given, receives them by name.
 
     The processes are stopped when the block ends, however it ends. Their
     stderr is kept aside and shown only if the block fails.
@@ -250,14 +258,17 @@ def _node_cluster(deadline: float) -> Iterator[dict[str, str]]:
     nodes: list[_NodeProcess] = []
     with contextlib.ExitStack() as files:
         try:
-            first = _start_node("node-1", {}, files.enter_context(tempfile.TemporaryFile()))
+            names = names or [f"node-{i}" for i in range(1, CLUSTER_NODES + 1)]
+            start = start or _start_node
+            first = start(names[0], {}, files.enter_context(tempfile.TemporaryFile()))
             nodes.append(first)
             seeds = {first.name: first.address(ready_by)}
-            for i in range(2, CLUSTER_NODES + 1):
-                log = files.enter_context(tempfile.TemporaryFile())
-                nodes.append(_start_node(f"node-{i}", seeds, log))
+            for name in names[1:]:
+                nodes.append(start(name, seeds, files.enter_context(tempfile.TemporaryFile())))
             for node in nodes[1:]:
                 node.address(ready_by)
+            if processes is not None:
+                processes.update((node.name, node) for node in nodes)
             yield seeds
         except BaseException:
             _stop(nodes)

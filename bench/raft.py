@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Final
 
 import trio
 from trio_websocket import open_websocket_url
@@ -33,7 +34,7 @@ import trioactors as ta
 from trioactors.transports import TransportConfig, WebSocketTransport
 
 from ._common import GUARD, Result, best_of, latency, throughput, timed_run
-from .jobs import _NodeProcess, _stop
+from .jobs import _node_cluster, _NodeProcess
 from .remote import RAW, _process
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ ELECTION_TIMEOUT_MAX: Final = ta.RaftConfig().election_timeout_max
 _names = itertools.count(1)
 
 
-def _start(name: str, join: Mapping[str, str], directory: str, log: object) -> _NodeProcess:
+def _start(name: str, join: Mapping[str, str], log: IO[bytes], *, directory: str) -> _NodeProcess:
     command = [sys.executable, "-m", "trioactors", "node", name, "--workers", "0"]
     command += ["--host", "127.0.0.1", "--raft", ",".join(SERVERS), "--raft-dir", directory]
     for seed, address in join.items():
@@ -60,35 +61,21 @@ def _start(name: str, join: Mapping[str, str], directory: str, log: object) -> _
         command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=log,  # type: ignore[arg-type]
+        stderr=log,
         env=env,
     )
-    return _NodeProcess(name, process, log)  # type: ignore[arg-type]
+    return _NodeProcess(name, process, log)
 
 
 @contextlib.contextmanager
 def _raft_cluster() -> Iterator[tuple[dict[str, str], dict[str, _NodeProcess]]]:
     """Three Raft server processes joined through the first; yield (seeds, processes)."""
-    ready_by = time.monotonic() + STARTUP_TIMEOUT
-    nodes: list[_NodeProcess] = []
-    with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as files:
-        try:
-            first = _start(SERVERS[0], {}, directory, files.enter_context(tempfile.TemporaryFile()))
-            nodes.append(first)
-            seeds = {first.name: first.address(ready_by)}
-            for name in SERVERS[1:]:
-                log = files.enter_context(tempfile.TemporaryFile())
-                nodes.append(_start(name, seeds, directory, log))
-            for node in nodes[1:]:
-                node.address(ready_by)
-            yield seeds, {node.name: node for node in nodes}
-        except BaseException:
-            _stop(nodes)
-            for node in nodes:
-                sys.stderr.write(f"-- {node.name}'s stderr, the end:\n{node.tail()}\n")
-            raise
-        finally:
-            _stop(nodes)
+    processes: dict[str, _NodeProcess] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        start = functools.partial(_start, directory=directory)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        with _node_cluster(deadline, SERVERS, start, processes) as seeds:
+            yield seeds, processes
 
 
 @contextlib.asynccontextmanager
